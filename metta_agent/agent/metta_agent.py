@@ -1,0 +1,180 @@
+"""``MettaAgent``: builds either policy form, connects it to a game and gives the trainer one interface.
+
+The policy maps a flat batch to logits and values; this wrapper owns everything both forms share:
+feature-id remapping by name, action rows by name, flattening ``[B, TT]`` batches, sampling and
+log-probabilities, and weight management (SPEC sections 3, 4 and 8).
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from metta_agent import contract as keys
+from metta_agent.agent.weights import WeightManager
+from metta_agent.blocks.heads import MAX_ACTION_EMBEDDINGS, ActionEmbedding
+from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer
+from metta_agent.blocks.recurrent import RecurrentCore
+from metta_agent.config import AgentSettings
+from metta_agent.env.info import EnvInfo, Feature
+
+
+class MettaAgent(nn.Module):
+    def __init__(self, policy: nn.Module, settings: AgentSettings, env: EnvInfo):
+        super().__init__()
+        self.policy = policy
+        self.settings = settings
+        self.weights = WeightManager(policy.clipped_layers())
+        # Feature ids of the game the agent was built with: the policy's input layout, fixed forever.
+        self.original_features: dict[str, Feature] = {f.name: f for f in env.features}
+        self.geometry = {"obs_height": env.obs_height, "obs_width": env.obs_width, "num_tokens": env.num_tokens}
+        self.action_rows: dict[str, int] = {}
+        self.action_names: list[str] = []
+        # env feature id -> original feature id (255 drops the token); identity for the original game.
+        self.register_buffer(
+            "feature_remap", torch.full((256,), INVALID_FEATURE, dtype=torch.uint8), persistent=False
+        )
+        self._remap_needed = False
+        self.initialize_to_environment(env.features, env.action_names)
+
+    # ---- environment ------------------------------------------------------------------------------------
+
+    def initialize_to_environment(self, features, action_names, device: torch.device | str | None = None) -> None:
+        """Record the game's features and actions; a second game is matched by feature and action *name*."""
+        features = [f if isinstance(f, Feature) else Feature(int(f[0]), str(f[1]), float(f[2])) for f in features]
+        remap = torch.full((256,), INVALID_FEATURE, dtype=torch.uint8)
+        for feature in features:
+            known = self.original_features.get(feature.name)
+            if known is not None:
+                remap[feature.id] = known.id
+        self.feature_remap.copy_(remap)
+        self._remap_needed = any(
+            self.original_features.get(f.name) is None or self.original_features[f.name].id != f.id for f in features
+        )
+        normalizations = torch.ones(max(f.id for f in self.original_features.values()) + 1)
+        for feature in self.original_features.values():
+            normalizations[feature.id] = feature.normalization
+        for module in self.policy.modules():
+            if isinstance(module, ObsNormalizer):
+                module.set_normalizations(normalizations[: module.scale.numel()].to(module.scale.device))
+        self._assign_action_rows(list(action_names))
+        if device is not None:
+            self.to(device)
+
+    def _assign_action_rows(self, action_names: list[str]) -> None:
+        for name in action_names:
+            if name not in self.action_rows:
+                used = set(self.action_rows.values())
+                free = next((row for row in range(1, MAX_ACTION_EMBEDDINGS) if row not in used), None)
+                if free is None:
+                    raise ValueError(f"no free action embedding row for action '{name}'")
+                self.action_rows[name] = free
+        self.action_names = action_names
+        rows = [self.action_rows[name] for name in action_names]
+        for module in self.policy.modules():
+            if isinstance(module, ActionEmbedding):
+                module.set_action_rows(rows)
+
+    # ---- forward ----------------------------------------------------------------------------------------
+
+    def forward(self, td: TensorDict) -> TensorDict:
+        """Rollout on ``[N]`` (samples ``actions``) or training on ``[B, TT]`` (scores the given ``actions``)."""
+        if td.batch_dims == 2:
+            batch, bptt = td.batch_size
+            flat = td.reshape(batch * bptt)
+            self._run(flat, batch, bptt, sample=False)
+            out = flat.reshape(batch, bptt)
+            for key in (keys.ACT_LOG_PROB, keys.ENTROPY, keys.VALUES, keys.FULL_LOG_PROBS):
+                td[key] = out[key]
+            return td
+        return self._run(td, td.batch_size[0], 1, sample=keys.ACTIONS not in td.keys())
+
+    def _run(self, td: TensorDict, batch: int, bptt: int, sample: bool) -> TensorDict:
+        n = batch * bptt
+        device = td.device if td.device is not None else td[keys.ENV_OBS].device
+        td[keys.BPTT] = torch.full((n,), bptt, dtype=torch.long, device=device)
+        td[keys.BATCH] = torch.full((n,), batch, dtype=torch.long, device=device)
+        if self._remap_needed:
+            tokens = td[keys.ENV_OBS]
+            feature = self.feature_remap[tokens[..., 1].long()]
+            td[keys.ENV_OBS] = torch.stack((tokens[..., 0], feature, tokens[..., 2]), dim=-1)
+        logits, values = self.policy(td)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        if sample:
+            actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+            td[keys.ACTIONS] = actions
+        else:
+            actions = td[keys.ACTIONS].long()
+            td[keys.ENTROPY] = -(log_probs.exp() * log_probs).sum(-1)
+        td[keys.ACT_LOG_PROB] = log_probs.gather(-1, actions.view(-1, 1)).squeeze(-1)
+        td[keys.VALUES] = values.float()
+        td[keys.FULL_LOG_PROBS] = log_probs
+        return td
+
+    # ---- recurrent state ----------------------------------------------------------------------------------
+
+    def _cores(self):
+        return [m for m in self.policy.modules() if isinstance(m, RecurrentCore)]
+
+    def reset_memory(self) -> None:
+        for core in self._cores():
+            core.reset_memory()
+
+    def memory_frozen(self):
+        """Context: rollout steps that do not store the new state (bootstrap values)."""
+        return _AllFrozen(self._cores())
+
+    def set_reset_inside_segments(self, enabled: bool) -> None:
+        """Only to measure what ignoring in-segment restarts costs; the default (True) is the correct one."""
+        for core in self._cores():
+            core.reset_inside_segments = enabled
+
+    @property
+    def lstm_shape(self) -> tuple[int, int]:
+        core = self._cores()[0]
+        return core.num_layers, core.hidden_size
+
+    # ---- weights ------------------------------------------------------------------------------------------
+
+    def clip_weights(self) -> None:
+        self.weights.clip(self.settings.clip_range)
+
+    def l2_init_loss(self) -> torch.Tensor:
+        return self.weights.l2_init_loss(self.settings.l2_init_scale)
+
+    def compute_weight_metrics(self) -> dict[str, float]:
+        return self.weights.metrics()
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.policy.parameters())
+
+    def metadata(self) -> dict:
+        """What a checkpoint needs, besides the state dict, to rebuild this agent (JSON-safe)."""
+        return {
+            "settings": {
+                "name": self.settings.name,
+                "clip_range": self.settings.clip_range,
+                "analyze_weights_interval": self.settings.analyze_weights_interval,
+                "l2_init_scale": self.settings.l2_init_scale,
+                "kwargs": dict(self.settings.kwargs),
+            },
+            "original_features": [[f.id, f.name, f.normalization] for f in self.original_features.values()],
+            "geometry": dict(self.geometry),
+            "action_rows": dict(self.action_rows),
+            "action_names": list(self.action_names),
+        }
+
+
+class _AllFrozen:
+    def __init__(self, cores):
+        self._contexts = [core.memory_frozen() for core in cores]
+
+    def __enter__(self):
+        for context in self._contexts:
+            context.__enter__()
+
+    def __exit__(self, *exc):
+        for context in reversed(self._contexts):
+            context.__exit__(*exc)
