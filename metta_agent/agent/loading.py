@@ -1,0 +1,52 @@
+"""Rebuild an agent from a checkpoint: the architecture and the game it was built with come from the
+checkpoint's metadata, the weights from its tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metta_agent.agent.metta_agent import MettaAgent
+from metta_agent.agent.registry import build_agent
+from metta_agent.checkpoint import load_checkpoint
+from metta_agent.config import build_config
+from metta_agent.env.info import EnvInfo, Feature
+from metta_agent.errors import UsageError
+
+
+def agent_from_checkpoint(metadata: dict[str, Any], payload: dict[str, Any], path: str | Path) -> MettaAgent:
+    try:
+        agent_meta = metadata["agent"]
+        settings = build_config([{"agent": agent_meta["settings"]}]).agent
+        geometry = agent_meta["geometry"]
+        original = EnvInfo(
+            features=tuple(Feature(int(i), str(n), float(z)) for i, n, z in agent_meta["original_features"]),
+            action_names=tuple(agent_meta["action_names"]),
+            obs_height=int(geometry["obs_height"]),
+            obs_width=int(geometry["obs_width"]),
+            num_tokens=int(geometry["num_tokens"]),
+            num_agents=1,
+        )
+        action_rows = {str(name): int(row) for name, row in agent_meta["action_rows"].items()}
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"'{path}' has incomplete agent metadata (missing {error})") from None
+    agent = build_agent(settings, original)
+    agent.action_rows = action_rows
+    agent.initialize_to_environment(original.features, original.action_names)
+    missing, unexpected = agent.load_state_dict(payload["model"], strict=False)
+    if missing or unexpected:
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise UsageError(f"'{path}' does not match architecture '{settings.name}' ({problem})")
+    return agent
+
+
+def load_agent(path: str | Path, game=None) -> MettaAgent:
+    metadata, payload = load_checkpoint(path)
+    agent = agent_from_checkpoint(metadata, payload, path)
+    if game is not None:
+        from metta_agent.games import make_game
+
+        game_config = make_game(game) if isinstance(game, str) else game
+        env = EnvInfo.from_game(game_config)
+        agent.initialize_to_environment(env.features, env.action_names)
+    return agent

@@ -1,0 +1,430 @@
+"""The games metta-agent ships, built from mettagrid 0.26 primitives.
+
+mettagrid's own presets (``make_arena``, ``make_navigation``) give no reward in 0.26, so we assemble
+our games from the engine's generic pieces: grid objects whose ``on_use_handler`` (triggered when an
+agent moves into the object) checks filters (``actorHas``/``targetHas``) and applies mutations
+(``updateActor``/``withdraw``), inventory rewards (``reward(InventoryValue(...), max=...)``) and
+timestep events.
+
+Games
+-----
+``arena`` (default)
+    A re-creation of the reference "arena basic easy shaped" task: 24 agents on a 25x25 map inside a
+    6-cell wall border, 10 mines, 5 generators, 5 altars and 20 scattered walls. Mine -> ``ore_red``;
+    generator: 1 ``ore_red`` -> 1 ``battery_red``; altar: 1 ``battery_red`` -> 1 ``heart``. Shaped
+    inventory rewards: ore 0.1 each (capped at 1), battery 0.8 each (capped at 1), heart 1 each (cap 255).
+``heart``
+    A small, fast-learning game for tests and demos: 4 agents on a 15x15 map inside a 1-cell wall
+    border, 6 scattered walls and 4 altars that hand out a heart (reward 1) when used, 200-step
+    episodes. A random policy collects about 2 hearts per agent per episode; one that walks to an altar
+    and keeps using it can collect up to ~100.
+
+Cooldowns
+---------
+mettagrid 0.26 has no converter cooldown, so a station's readiness is expressed with its *own
+inventory*: a station holds at most one unit of what it hands out (its "stock"), using it takes that
+unit, and a periodic event puts one unit back into every station of that type. A station can therefore
+serve at most one use per restock period, which is what a cooldown does. This costs no extra resource
+(no extra observation feature) and the stock is observable: agents see an ``inv:<resource>`` token on a
+ready station and none on an empty one, so "which station is ready" is learnable from the observation.
+The restock events are generated up to ``max_steps``: set the episode length through
+``make_game(name, max_steps=...)``, not by editing ``cfg.game.max_steps`` afterwards (stations would stop
+restocking after the original length).
+
+Maps and seeds
+--------------
+Maps come from ``RandomMapBuilder``. The ``seed`` passed to ``Simulator().new_simulation(cfg, seed)``
+seeds only the C++ engine (tie-breaking between agents); it does **not** reach the map builder. With
+``map_builder.seed`` left at ``None`` (what ``make_game`` returns) every episode gets a fresh map drawn
+from OS entropy: varied but not reproducible. For reproducible maps use :func:`with_map_seed`. When the
+map seed is set, ``Simulation`` builds its map with seed ``map_builder.seed + k``, where ``k`` is the
+number of simulations that ``Simulator`` object has created before (``Simulator.next_map_seed``; modulo
+``maps_cache_size`` if the Simulator caches maps). Therefore:
+
+* a fresh ``Simulator`` per episode and ``with_map_seed(cfg, s)``: the map is exactly a function of ``s``;
+* one long-lived ``Simulator`` per env and ``with_map_seed(cfg, env_seed)`` set once: episode ``k`` of that
+  env uses map seed ``env_seed + k``, deterministic and different per episode; keep the envs' seeds
+  further apart than the number of episodes an env will play (e.g. ``env_seed = base + 1_000_003 * i``)
+  so that two envs never replay the same map sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from mettagrid.config.event_config import EventConfig, periodic
+from mettagrid.config.filter import actorHas, targetHas
+from mettagrid.config.game_value import InventoryValue
+from mettagrid.config.handler_config import Handler
+from mettagrid.config.mettagrid_config import (
+    ActionsConfig,
+    AgentConfig,
+    AttackActionConfig,
+    ChangeVibeActionConfig,
+    GameConfig,
+    GridObjectConfig,
+    InventoryConfig,
+    MettaGridConfig,
+    MoveActionConfig,
+    NoopActionConfig,
+    ResourceLimitsConfig,
+    WallConfig,
+)
+from mettagrid.config.mutation import updateActor, updateTarget, withdraw
+from mettagrid.config.obs_config import ObsConfig
+from mettagrid.config.query import query
+from mettagrid.config.reward_config import AgentReward, reward
+from mettagrid.config.tag import typeTag
+from mettagrid.map_builder.random_map import RandomMapBuilder
+
+from metta_agent.errors import UsageError
+
+__all__ = [
+    "DEFAULT_GAME",
+    "GAME_NAMES",
+    "OBS_NUM_TOKENS",
+    "OBS_WINDOW",
+    "describe_game",
+    "game_stat_keys",
+    "make_game",
+    "with_map_seed",
+]
+
+GAME_NAMES: tuple[str, ...] = ("arena", "heart")
+DEFAULT_GAME = "arena"
+
+# The reference agents' observation geometry (SPEC section 2). Policies must still read the window
+# and token count from the env; these constants only configure the games.
+OBS_WINDOW = 11
+OBS_NUM_TOKENS = 200
+
+ORE = "ore_red"
+BATTERY = "battery_red"
+HEART = "heart"
+
+# Arena geometry and contents (SPEC section 2: "arena basic easy shaped").
+ARENA_AGENTS = 24
+ARENA_INNER = 25
+ARENA_BORDER = 6
+ARENA_OBJECT_COUNTS = {"mine_red": 10, "generator_red": 5, "altar": 5, "wall": 20}
+ARENA_MAX_STEPS = 1000
+# Restock period of every arena station, in steps. 5 matches the cooldown of the reference's station
+# defaults. It bounds supply at 10 mines * 1000 / 5 = 2000 ore (5 altars: 1000 hearts) per 1000-step
+# episode, far above the ~480 a strong policy needs (reference: ~20 hearts per agent), so supply never
+# caps learning, while a station emptied by one agent is briefly useless to the next (agents gain by
+# spreading out rather than queueing or bumping one station every step). Measured with random actions:
+# ~230 ore / 63 batteries / 25 hearts per episode, against ~290 / 90 / 31 with a restock every step.
+ARENA_RESTOCK_PERIOD = 5
+# Agents carry at most this much of any resource (as in the reference arena); hearts get 255 so the
+# heart reward cap is reachable.
+ARENA_AGENT_INVENTORY_LIMIT = 50
+ARENA_HEART_LIMIT = 255
+
+# Heart game: small map, short episodes, a dense reward a random policy already finds.
+HEART_AGENTS = 4
+HEART_INNER = 15
+HEART_BORDER = 1
+HEART_ALTARS = 4
+HEART_WALLS = 6
+HEART_MAX_STEPS = 200
+# An altar refills every 2 steps: dense enough that a random policy scores, yet a policy that parks
+# next to an altar and bumps it gets only one heart per two steps, so moving between altars (and not
+# crowding one with other agents) still pays.
+HEART_RESTOCK_PERIOD = 2
+
+
+@dataclass(frozen=True)
+class _GameSpec:
+    """What the public helpers need to know about one game."""
+
+    build: Callable[[int], MettaGridConfig]
+    default_max_steps: int
+    inner_size: int
+    border: int
+    description: str
+    # Metric name -> per-agent stat name in the engine's episode stats.
+    stat_keys: dict[str, str]
+
+
+def _check_name(name: str) -> _GameSpec:
+    """Return the spec of game ``name`` or raise the UsageError the CLI shows to the user."""
+    spec = _GAMES.get(name)
+    if spec is None:
+        raise UsageError(f"unknown game '{name}'; choose one of: {', '.join(GAME_NAMES)}")
+    return spec
+
+
+def make_game(name: str, max_steps: int | None = None) -> MettaGridConfig:
+    """Build a fresh config for game ``name`` (a new object on every call, safe to mutate).
+
+    ``max_steps`` overrides the game's default episode length. The returned config has an unseeded
+    map builder (a new random map every episode); see :func:`with_map_seed` for reproducible maps.
+    """
+    spec = _check_name(name)
+    steps = spec.default_max_steps if max_steps is None else max_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+    cfg = spec.build(steps)
+    cfg.label = name
+    return cfg
+
+
+def with_map_seed(cfg: MettaGridConfig, seed: int) -> MettaGridConfig:
+    """Return a copy of ``cfg`` whose random map is reproducible from ``seed``.
+
+    The simulation seed does not reach the map builder, so without this every episode's map is drawn
+    from OS entropy. Note the Simulator adds its own per-simulation counter to this seed (see the module
+    docstring): a fresh ``Simulator`` gives exactly the map of ``seed``; a reused one gives
+    ``seed + k`` for its ``k``-th simulation. The copy is deep (about 3 ms for the arena), so the
+    cheapest reproducible scheme is to call this once per env and reuse that env's Simulator.
+    """
+    builder = cfg.game.map_builder
+    if not hasattr(builder, "seed"):
+        raise TypeError(f"map builder {type(builder).__name__} has no seed to set")
+    out = cfg.model_copy(deep=True)
+    out.game.map_builder.seed = int(seed)  # type: ignore[attr-defined]
+    return out
+
+
+def game_stat_keys(name_or_cfg: str | MettaGridConfig) -> dict[str, str]:
+    """Map metric names to the per-agent stat names the engine writes, e.g. ``{"hearts": "heart.gained"}``.
+
+    The engine records, per agent, ``<resource>.gained`` / ``.lost`` / ``.amount`` in
+    ``sim.episode_stats["agent"][i]`` (also ``c_sim.get_agent_stat(i, key)``). A key appears only once
+    the agent has touched that resource, so readers must treat a missing key as 0. ``*.gained`` counts
+    every unit received (a mine's ore, a generator's battery, an altar's heart), which is the production
+    count we want to report; it is not reduced when the unit is later converted.
+
+    A config is looked up by its ``label`` (set by :func:`make_game`); an unknown config falls back to
+    one ``<resource>.gained`` entry per resource in its resource list.
+    """
+    if isinstance(name_or_cfg, str):
+        return dict(_check_name(name_or_cfg).stat_keys)
+    spec = _GAMES.get(name_or_cfg.label)
+    if spec is not None:
+        return dict(spec.stat_keys)
+    return {resource: f"{resource}.gained" for resource in name_or_cfg.game.resource_names}
+
+
+def describe_game(name: str) -> dict:
+    """Summarise game ``name`` for humans and for the CLI (``metta-agent games``)."""
+    spec = _check_name(name)
+    cfg = make_game(name)
+    return {
+        "name": name,
+        "agents": cfg.game.num_agents,
+        "map": f"{spec.inner_size}x{spec.inner_size} (+{spec.border} border)",
+        "actions": [action.name for action in cfg.game.actions.actions()],
+        "num_features": len(cfg.game.id_map().features()),
+        "max_steps": cfg.game.max_steps,
+        "description": spec.description,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _actions() -> ActionsConfig:
+    """noop + the four cardinal moves only.
+
+    ``change_vibe`` is on by default and would add 152 actions in a separate stream; attack is already
+    off by default but is switched off explicitly so the action set does not depend on engine defaults.
+    """
+    return ActionsConfig(
+        noop=NoopActionConfig(),
+        move=MoveActionConfig(),
+        attack=AttackActionConfig(enabled=False),
+        change_vibe=ChangeVibeActionConfig(enabled=False),
+    )
+
+
+def _obs() -> ObsConfig:
+    """The reference agents' 11x11 window with 200 tokens."""
+    return ObsConfig(width=OBS_WINDOW, height=OBS_WINDOW, num_tokens=OBS_NUM_TOKENS)
+
+
+def _station(name: str, stock: str, handler: Handler) -> GridObjectConfig:
+    """A usable object that holds at most one unit of ``stock`` and starts stocked (see "Cooldowns")."""
+    return GridObjectConfig(
+        name=name,
+        inventory=InventoryConfig(
+            initial={stock: 1},
+            limits={stock: ResourceLimitsConfig(base=1, max=1, resources=[stock])},
+        ),
+        on_use_handler=handler,
+    )
+
+
+def _restock(name: str, stock: str, period: int, max_steps: int) -> EventConfig:
+    """Every ``period`` steps, add one ``stock`` to every ``name`` object (the stock limit caps it at 1)."""
+    return EventConfig(
+        name=f"restock_{name}",
+        target_query=query(typeTag(name)),
+        timesteps=periodic(start=period, period=period, end=max_steps),
+        mutations=[updateTarget({stock: 1})],
+    )
+
+
+def _inventory_reward(resource: str, weight: float, cap: float) -> AgentReward:
+    """Reward ``weight`` per unit held, the total for this resource capped at ``cap``.
+
+    Rewards are paid as the change of this value each step, so converting a unit away (ore into a
+    battery) takes back its share: the shaping rewards holding the more valuable item, as in the
+    reference.
+    """
+    return reward(InventoryValue(item=resource), weight=weight, max=cap)
+
+
+def _random_map(inner: int, border: int, agents: int, objects: dict[str, int]) -> RandomMapBuilder.Config:
+    """A square map of ``inner`` cells per side inside a wall border ``border`` cells thick.
+
+    RandomMapBuilder's width/height include the border, hence ``inner + 2 * border``.
+    """
+    side = inner + 2 * border
+    return RandomMapBuilder.Config(
+        width=side,
+        height=side,
+        border_width=border,
+        agents=agents,
+        objects=dict(objects),
+    )
+
+
+def _game(
+    *,
+    num_agents: int,
+    max_steps: int,
+    resources: list[str],
+    objects: dict[str, GridObjectConfig],
+    events: dict[str, EventConfig],
+    agent: AgentConfig,
+    map_builder: RandomMapBuilder.Config,
+) -> MettaGridConfig:
+    """Settings shared by every game."""
+    return MettaGridConfig(
+        game=GameConfig(
+            num_agents=num_agents,
+            max_steps=max_steps,
+            # All agents stop together at the time limit: that is a truncation (bootstrap the value),
+            # not a terminal state.
+            episode_truncates=True,
+            # Only the resources the game uses: each resource adds two inventory features.
+            resource_names=resources,
+            # Our stations have no "protocols" (recipes), so the protocol_input/output features would
+            # always be empty; dropping them removes 2 features per resource.
+            protocol_details_obs=False,
+            obs=_obs(),
+            actions=_actions(),
+            objects={"wall": WallConfig(), **objects},
+            events=events,
+            agent=agent,
+            map_builder=map_builder,
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Games
+
+
+def _build_arena(max_steps: int) -> MettaGridConfig:
+    """The arena: mine -> ore, generator: ore -> battery, altar: battery -> heart."""
+    mine = _station(
+        "mine_red",
+        ORE,
+        Handler(filters=[targetHas({ORE: 1})], mutations=[withdraw({ORE: 1})]),
+    )
+    generator = _station(
+        "generator_red",
+        BATTERY,
+        Handler(
+            filters=[actorHas({ORE: 1}), targetHas({BATTERY: 1})],
+            mutations=[updateActor({ORE: -1}), withdraw({BATTERY: 1})],
+        ),
+    )
+    altar = _station(
+        "altar",
+        HEART,
+        Handler(
+            filters=[actorHas({BATTERY: 1}), targetHas({HEART: 1})],
+            mutations=[updateActor({BATTERY: -1}), withdraw({HEART: 1})],
+        ),
+    )
+    stations = [(mine, ORE), (generator, BATTERY), (altar, HEART)]
+    agent = AgentConfig(
+        inventory=InventoryConfig(
+            default_limit=ARENA_AGENT_INVENTORY_LIMIT,
+            limits={HEART: ResourceLimitsConfig(base=ARENA_HEART_LIMIT, resources=[HEART])},
+        ),
+        rewards={
+            ORE: _inventory_reward(ORE, 0.1, 1.0),
+            BATTERY: _inventory_reward(BATTERY, 0.8, 1.0),
+            HEART: _inventory_reward(HEART, 1.0, float(ARENA_HEART_LIMIT)),
+        },
+    )
+    return _game(
+        num_agents=ARENA_AGENTS,
+        max_steps=max_steps,
+        resources=[ORE, BATTERY, HEART],
+        objects={obj.name: obj for obj, _ in stations},
+        events={
+            f"restock_{obj.name}": _restock(obj.name, stock, ARENA_RESTOCK_PERIOD, max_steps)
+            for obj, stock in stations
+        },
+        agent=agent,
+        map_builder=_random_map(ARENA_INNER, ARENA_BORDER, ARENA_AGENTS, ARENA_OBJECT_COUNTS),
+    )
+
+
+def _build_heart(max_steps: int) -> MettaGridConfig:
+    """The heart game: using a stocked altar gives the agent one heart (reward 1)."""
+    altar = _station(
+        "altar",
+        HEART,
+        Handler(filters=[targetHas({HEART: 1})], mutations=[withdraw({HEART: 1})]),
+    )
+    # No cap: the reward is simply the number of hearts held (the engine's default inventory limit,
+    # 65535, is never reached), so the return is the heart count whatever max_steps is.
+    agent = AgentConfig(rewards={HEART: reward(InventoryValue(item=HEART))})
+    return _game(
+        num_agents=HEART_AGENTS,
+        max_steps=max_steps,
+        resources=[HEART],
+        objects={"altar": altar},
+        events={"restock_altar": _restock("altar", HEART, HEART_RESTOCK_PERIOD, max_steps)},
+        agent=agent,
+        map_builder=_random_map(
+            HEART_INNER, HEART_BORDER, HEART_AGENTS, {"altar": HEART_ALTARS, "wall": HEART_WALLS}
+        ),
+    )
+
+
+_GAMES: dict[str, _GameSpec] = {
+    "arena": _GameSpec(
+        build=_build_arena,
+        default_max_steps=ARENA_MAX_STEPS,
+        inner_size=ARENA_INNER,
+        border=ARENA_BORDER,
+        description=(
+            "24 agents; mines give ore_red, generators turn ore into battery_red, altars turn a "
+            "battery into a heart. Shaped rewards: ore 0.1 (max 1), battery 0.8 (max 1), heart 1. "
+            f"Stations serve once per {ARENA_RESTOCK_PERIOD} steps."
+        ),
+        stat_keys={"ore": f"{ORE}.gained", "batteries": f"{BATTERY}.gained", "hearts": f"{HEART}.gained"},
+    ),
+    "heart": _GameSpec(
+        build=_build_heart,
+        default_max_steps=HEART_MAX_STEPS,
+        inner_size=HEART_INNER,
+        border=HEART_BORDER,
+        description=(
+            f"{HEART_AGENTS} agents, {HEART_ALTARS} altars; using a stocked altar gives a heart "
+            f"(reward 1); altars restock every {HEART_RESTOCK_PERIOD} steps. Small and fast to learn: "
+            "for tests and demos."
+        ),
+        stat_keys={"hearts": f"{HEART}.gained"},
+    ),
+}
+assert tuple(_GAMES) == GAME_NAMES

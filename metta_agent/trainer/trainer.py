@@ -1,0 +1,284 @@
+"""The training loop. One epoch reads top to bottom: rollout -> advantages -> minibatch updates -> log.
+
+The rollout keeps recurrent state per agent inside the policy's core (keyed by ``training_env_ids``); the
+experience buffer keeps the state each step started from, so every training segment starts where the
+rollout was, and resets inside segments reproduce the rollout's resets (SPEC section 7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tensordict import TensorDict
+
+from metta_agent import contract as keys
+from metta_agent.agent.metta_agent import MettaAgent
+from metta_agent.agent.registry import build_agent
+from metta_agent.checkpoint import checkpoint_path, save_checkpoint
+from metta_agent.config import RunConfig
+from metta_agent.env import VecEnv
+from metta_agent.env.info import EnvInfo
+from metta_agent.games import game_stat_keys, make_game
+from metta_agent.trainer.experience import Experience
+from metta_agent.trainer.ppo import explained_variance, lr_lambda, ppo_loss
+from metta_agent.trainer.progress import Progress
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    agent_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path | None = None, show_progress: bool = True):
+        self.config = config
+        cfg = config.trainer
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = torch.device(cfg.device)
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        self.game = make_game(config.game.name, max_steps=config.game.max_steps)
+        self.env_info = EnvInfo.from_game(self.game)
+        config.validate(self.env_info.num_agents)
+        self.agent: MettaAgent = build_agent(config.agent, self.env_info).to(self.device)
+        self.env = VecEnv(
+            self.game,
+            num_envs=cfg.num_envs,
+            seed=cfg.seed,
+            num_workers=cfg.env_workers,
+            stat_keys=game_stat_keys(self.game),
+        )
+        self.num_agents = self.env.num_agents
+        self.rollout_steps = cfg.batch_size // self.num_agents
+        self.experience = Experience(
+            self.num_agents, self.rollout_steps, cfg.bptt_horizon, self.env.obs_shape, self.agent.lstm_shape,
+            self.device,
+        )
+        self.optimizer = torch.optim.Adam(
+            self.agent.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+        )
+        self.total_epochs = max(1, math.ceil(cfg.total_agent_steps / cfg.batch_size))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_epochs))
+        self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
+        self.state = TrainState()
+        self.show_progress = show_progress
+        self._writer = None
+        self._metrics_file = None
+        self._stop_requested = False
+        # The observation and flags the next rollout step acts on.
+        self._obs = torch.from_numpy(self.env.reset())
+        self._starts = torch.ones(self.num_agents, dtype=torch.bool)
+        self._truncated = torch.zeros(self.num_agents, dtype=torch.bool)
+        self._agent_ids = torch.arange(self.num_agents, device=self.device)
+
+    # ---- main loop ----------------------------------------------------------------------------------------
+
+    def train(self) -> TrainState:
+        cfg = self.config.trainer
+        self._open_logs()
+        progress = Progress(cfg.total_agent_steps, enabled=self.show_progress)
+        previous_handler = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            with progress:
+                progress.update(self.state.agent_steps, None)
+                while self.state.agent_steps < cfg.total_agent_steps and not self._stop_requested:
+                    metrics = self.run_epoch()
+                    self._log(metrics)
+                    progress.update(self.state.agent_steps, metrics)
+                    if self.state.epoch % cfg.checkpoint_interval == 0:
+                        self.save_checkpoint()
+            if self._stop_requested:
+                progress.note("interrupted: saving a checkpoint")
+            self.save_checkpoint()
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            self._close_logs()
+            self.env.close()
+        if self.run_dir is not None:
+            from metta_agent.plot import plot_learning_curve
+
+            plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
+        return self.state
+
+    def run_epoch(self) -> dict[str, Any]:
+        epoch_start = time.perf_counter()
+        self.agent.train()
+        episode_stats = self.rollout()
+        rollout_time = time.perf_counter() - epoch_start
+        update_metrics = self.update()
+        self.scheduler.step()
+        self.state.epoch += 1
+        self.state.agent_steps += self.config.trainer.batch_size
+        elapsed = time.perf_counter() - epoch_start
+        metrics: dict[str, Any] = {
+            "epoch": self.state.epoch,
+            "agent_steps": self.state.agent_steps,
+            "sps": self.config.trainer.batch_size / elapsed,
+            "rollout_seconds": rollout_time,
+            "update_seconds": elapsed - rollout_time,
+            "world_size": 1,
+            **_summarize_episodes(episode_stats),
+            **update_metrics,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        interval = self.config.agent.analyze_weights_interval
+        if interval > 0 and self.state.epoch % interval == 0:
+            metrics.update(self.agent.compute_weight_metrics())
+        return metrics
+
+    # ---- rollout ------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def rollout(self) -> list[dict[str, float]]:
+        experience = self.experience
+        for t in range(self.rollout_steps):
+            step = self._policy_step(self._obs, self._starts, self._truncated)
+            experience.store(t, step)
+            obs, rewards, terminals, truncations = self.env.step(step[keys.ACTIONS].cpu().numpy())
+            self._obs = torch.from_numpy(obs)
+            self._truncated = torch.from_numpy(truncations)
+            self._starts = torch.from_numpy(terminals) | self._truncated
+            experience.store_outcome(t, torch.from_numpy(rewards).to(self.device), self._starts.to(self.device))
+        # Bootstrap from the next observation without advancing the agents' memory.
+        with self.agent.memory_frozen():
+            bootstrap = self._policy_step(self._obs, self._starts, self._truncated)[keys.VALUES]
+        cfg = self.config.trainer
+        experience.compute_advantages(bootstrap, cfg.gamma, cfg.gae_lambda)
+        return self.env.pop_episode_stats()
+
+    def _policy_step(self, obs: torch.Tensor, starts: torch.Tensor, truncated: torch.Tensor) -> TensorDict:
+        td = TensorDict(
+            {
+                keys.ENV_OBS: obs.to(self.device, non_blocking=True),
+                keys.DONES: starts.to(self.device),
+                keys.TRUNCATEDS: truncated.to(self.device),
+                keys.TRAINING_ENV_IDS: self._agent_ids,
+            },
+            batch_size=[self.num_agents],
+        )
+        return self.agent(td)
+
+    # ---- update -------------------------------------------------------------------------------------------
+
+    def update(self) -> dict[str, float]:
+        cfg = self.config.trainer
+        segments_per_minibatch = cfg.minibatch_size // cfg.bptt_horizon
+        totals: dict[str, float] = {}
+        count = 0
+        ratio_dev_before_update = None
+        for _ in range(cfg.update_epochs):
+            for minibatch in self.experience.minibatches(segments_per_minibatch, self.minibatch_generator):
+                parts = ppo_loss(self.agent, minibatch, cfg)
+                if ratio_dev_before_update is None:
+                    ratio_dev_before_update = parts.ratio_max_dev
+                self.optimizer.zero_grad(set_to_none=True)
+                parts.loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.agent.clip_weights()
+                for name, value in (
+                    ("policy_loss", parts.policy_loss),
+                    ("value_loss", parts.value_loss),
+                    ("entropy", parts.entropy),
+                    ("approx_kl", parts.approx_kl),
+                    ("clip_fraction", parts.clip_fraction),
+                    ("importance_ratio", parts.ratio_mean),
+                    ("l2_init_loss", parts.l2_init_loss),
+                    ("grad_norm", float(grad_norm)),
+                ):
+                    totals[name] = totals.get(name, 0.0) + value
+                count += 1
+        metrics = {name: value / count for name, value in totals.items()}
+        data = self.experience.data
+        metrics["explained_variance"] = explained_variance(data[keys.VALUES].flatten(), data[keys.RETURNS].flatten())
+        metrics["ratio_dev_before_update"] = ratio_dev_before_update
+        return metrics
+
+    # ---- logs and checkpoints -----------------------------------------------------------------------------
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def _open_logs(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _close_logs(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        self.state.history.append(metrics)
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(_json_safe(metrics)) + "\n")
+            self._metrics_file.flush()
+        if self._writer is not None:
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+                    tag = name if "/" in name else f"train/{name}"
+                    self._writer.add_scalar(tag, value, self.state.agent_steps)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.metadata(),
+            "config": self.config.to_dict(),
+            "game": self.config.game.name,
+            "trainer": {"epoch": self.state.epoch, "agent_steps": self.state.agent_steps},
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if self.run_dir is None or self.state.epoch == 0:
+            return None
+        path = checkpoint_path(self.run_dir, self.state.epoch)
+        if path.exists():
+            return path
+        tensors = {
+            "model": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        return save_checkpoint(path, self.checkpoint_metadata(), tensors, keep=self.config.trainer.keep_checkpoints)
+
+
+def _summarize_episodes(episodes: list[dict[str, float]]) -> dict[str, Any]:
+    if not episodes:
+        return {"episode_return": None, "episode_length": None, "episodes": 0}
+    summary: dict[str, Any] = {"episodes": len(episodes)}
+    for name in episodes[0]:
+        summary[name] = float(np.mean([episode[name] for episode in episodes]))
+    return summary
+
+
+def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    safe = {}
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        safe[name] = value
+    return safe
