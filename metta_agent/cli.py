@@ -1,0 +1,209 @@
+"""The ``metta-agent`` command line. Bad input prints one line and exits with code 2 (no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from metta_agent.errors import UsageError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="metta-agent",
+        description="Train and evaluate recurrent agents on MettaGrid games.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'metta-agent COMMAND --help' for a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent",
+        description=(
+            "Train an agent with PPO. The run directory receives config.yaml, metrics.jsonl, TensorBoard events,\n"
+            "checkpoints/ and, at the end, curve.png. Ctrl-C saves a checkpoint and exits cleanly.\n"
+            "Config precedence: defaults < --config < flags < --set."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--agent", help="architecture (default pytorch/fast; see 'metta-agent agents')")
+    train.add_argument("--game", help="game (default arena; see 'metta-agent games')")
+    train.add_argument("--steps", type=int, help="total agent steps over all agents (default 10,000,000)")
+    train.add_argument("--run-dir", type=Path, help="output directory (default runs/<agent>-<game>-<time>)")
+    train.add_argument("--seed", type=int, help="seed for weights, maps and sampling (default 0)")
+    train.add_argument("--config", type=Path, help="YAML file with sections agent, game, trainer")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key by dotted path, e.g. trainer.bptt_horizon=16 (repeatable)")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained agent against a random policy")
+    evaluate.add_argument("path", type=Path, help="run directory (newest checkpoint) or checkpoint file")
+    evaluate.add_argument("--game", help="game to evaluate on (default: the one it was trained on)")
+    evaluate.add_argument("--episodes", type=int, default=8, help="episodes per policy (default 8)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed for maps and sampling (default 0)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    games = commands.add_parser("games", help="list the games")
+    games.add_argument("--json", action="store_true", help="print JSON")
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure env, inference, train-step and full training speed",
+        description="Measures, in one run with the training config, agent steps per second of env stepping,\n"
+        "inference, the PPO update and full training, and the ratio of training to the serial bound.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--agent", help="architecture (default pytorch/fast)")
+    bench.add_argument("--game", help="game (default arena)")
+    bench.add_argument("--config", type=Path, help="YAML file with sections agent, game, trainer")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        _quiet_mettagrid_logging()
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_mettagrid_logging() -> None:
+    import mettagrid  # noqa: F401 - importing it lowers the root logger to INFO; undo that
+
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def resolve_run_config(args: argparse.Namespace):
+    from metta_agent.config import build_config, load_yaml, parse_set
+
+    layers: list[dict[str, Any]] = []
+    if getattr(args, "config", None):
+        layers.append(load_yaml(args.config))
+    flags: dict[str, Any] = {}
+    if getattr(args, "agent", None):
+        flags.setdefault("agent", {})["name"] = args.agent
+    if getattr(args, "game", None):
+        flags.setdefault("game", {})["name"] = args.game
+    if getattr(args, "steps", None) is not None:
+        flags.setdefault("trainer", {})["total_agent_steps"] = args.steps
+    if getattr(args, "seed", None) is not None:
+        flags.setdefault("trainer", {})["seed"] = args.seed
+    layers.append(flags)
+    layers.append(parse_set(args.set))
+    return build_config(layers)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from metta_agent.trainer.trainer import Trainer
+
+    config = resolve_run_config(args)
+    run_dir = args.run_dir
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config.game.name}-{stamp}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir")
+    trainer = Trainer(config, run_dir, show_progress=not args.quiet)
+    if not args.quiet:
+        print(
+            f"training {config.agent.name} ({trainer.agent.total_params:,} parameters) on {config.game.name}: "
+            f"{trainer.num_agents} agents, {config.trainer.total_agent_steps:,} steps -> {run_dir}",
+            file=sys.stderr,
+        )
+    state = trainer.train()
+    last = state.history[-1] if state.history else {}
+    summary = {
+        "run_dir": str(run_dir),
+        "epochs": state.epoch,
+        "agent_steps": state.agent_steps,
+        "episode_return": last.get("episode_return"),
+        "sps": last.get("sps"),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metta_agent.agent.loading import load_agent
+    from metta_agent.checkpoint import load_checkpoint
+    from metta_agent.evaluate import evaluate
+    from metta_agent.games import make_game
+
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    metadata, _ = load_checkpoint(args.path)
+    game_name = args.game or metadata.get("game", "arena")
+    max_steps = None if args.game else metadata.get("config", {}).get("game", {}).get("max_steps")
+    agent = load_agent(args.path)
+    result = {"game": game_name, **evaluate(agent, make_game(game_name, max_steps=max_steps), args.episodes, args.seed)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"game {game_name}, {args.episodes} episodes x {result['agents_per_episode']} agents")
+        for name in sorted(k for k in result if k.startswith("mean_")):
+            print(f"  {name.removeprefix('mean_'):<16} trained {result[name]:10.3f}   random {result['random_' + name]:10.3f}")
+    return 0
+
+
+def cmd_games(args: argparse.Namespace) -> int:
+    from metta_agent.games import GAME_NAMES, describe_game
+
+    rows = [describe_game(name) for name in GAME_NAMES]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        print(f"{row['name']:<8} {row['agents']:>3} agents  map {row['map']:<20} {len(row['actions'])} actions  "
+              f"{row['num_features']} features  max_steps {row['max_steps']}")
+        print(f"         {row['description']}")
+        print(f"         actions: {', '.join(row['actions'])}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from metta_agent.bench import run_benchmark
+
+    config = resolve_run_config(args)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    say = None if args.json else (lambda message: print(message, file=sys.stderr))
+    result = run_benchmark(config, repeats=args.repeats, progress=say)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name:<20} {value:,.3f}" if isinstance(value, float) else f"{name:<20} {value}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "games": cmd_games, "bench": cmd_bench}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
