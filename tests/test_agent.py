@@ -1,0 +1,159 @@
+import pytest
+import torch
+from tensordict import TensorDict
+
+from metta_agent import contract as keys
+from metta_agent import make_agent, make_game
+from metta_agent.env import VecEnv
+from metta_agent.env.info import EnvInfo
+from metta_agent.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def heart_rollout():
+    """Real observations and restart flags: 2 heart envs (8 agents), 40 steps, short staggered episodes."""
+    game = make_game("heart", max_steps=12)
+    with VecEnv(game, num_envs=2, seed=3) as env:
+        obs = [torch.from_numpy(env.reset().copy())]
+        starts = [torch.ones(env.num_agents, dtype=torch.bool)]
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(39):
+            actions = torch.randint(0, len(env.action_names), (env.num_agents,), generator=generator)
+            next_obs, _, terminals, truncations = env.step(actions.numpy())
+            obs.append(torch.from_numpy(next_obs.copy()))
+            starts.append(torch.from_numpy(terminals | truncations))
+    return game, torch.stack(obs, 1), torch.stack(starts, 1)  # [N, T, M, 3], [N, T]
+
+
+def rollout(agent, obs, starts):
+    """Act step by step as the trainer does; return the per-step outputs stacked as [N, T]."""
+    n, steps = starts.shape
+    outputs = []
+    agent.reset_memory()
+    with torch.inference_mode():
+        for t in range(steps):
+            td = TensorDict({keys.ENV_OBS: obs[:, t], keys.DONES: starts[:, t],
+                             keys.TRAINING_ENV_IDS: torch.arange(n)}, batch_size=[n])
+            outputs.append(agent(td))
+    return torch.stack(outputs, 1)
+
+
+def test_rollout_writes_the_contract_keys(heart_rollout):
+    game, obs, starts = heart_rollout
+    agent = make_agent("pytorch/fast", game=game)
+    out = rollout(agent, obs[:, :2], starts[:, :2])
+    n = obs.shape[0]
+    assert out[keys.ACTIONS].dtype == torch.long and out[keys.ACTIONS].shape == (n, 2)
+    assert out[keys.FULL_LOG_PROBS].shape == (n, 2, 5)
+    assert out[keys.LSTM_H].shape == (n, 2, 2, 128)
+    assert torch.all(out[keys.BPTT] == 1) and torch.all(out[keys.BATCH] == n)
+    probabilities = out[keys.FULL_LOG_PROBS].exp().sum(-1)
+    assert torch.allclose(probabilities, torch.ones_like(probabilities), atol=1e-5)
+
+
+def test_state_is_kept_per_agent_by_training_env_ids(heart_rollout):
+    game, obs, starts = heart_rollout
+    agent = make_agent("pytorch/fast", game=game)
+    together = rollout(agent, obs[:, :5], starts[:, :5])
+    # The same agents, stepped as two groups with their global ids, must see the same state.
+    agent.reset_memory()
+    halves = []
+    with torch.inference_mode():
+        for t in range(5):
+            for rows in (torch.arange(0, 4), torch.arange(4, 8)):
+                td = TensorDict({keys.ENV_OBS: obs[rows, t], keys.DONES: starts[rows, t],
+                                 keys.TRAINING_ENV_IDS: rows}, batch_size=[4])
+                halves.append(agent(td)[keys.FULL_LOG_PROBS])
+    last = torch.cat(halves[-2:])
+    assert torch.allclose(last, together[keys.FULL_LOG_PROBS][:, 4], atol=1e-6)
+
+
+def test_episode_start_zeroes_the_state_and_frozen_memory_is_not_stored(heart_rollout):
+    game, obs, starts = heart_rollout
+    agent = make_agent("pytorch/fast", game=game)
+    n = obs.shape[0]
+    rollout(agent, obs[:, :3], starts[:, :3])
+    with torch.inference_mode():
+        flags = torch.zeros(n, dtype=torch.bool)
+        flags[0] = True
+        td = TensorDict({keys.ENV_OBS: obs[:, 3], keys.DONES: flags, keys.TRAINING_ENV_IDS: torch.arange(n)},
+                        batch_size=[n])
+        with agent.memory_frozen():
+            first = agent(td)[keys.LSTM_H].clone()
+            second = agent(td.exclude(keys.LSTM_H, keys.LSTM_C, keys.ACTIONS))[keys.LSTM_H]
+    assert torch.all(first[0] == 0), "a new episode starts from a zero state"
+    assert first[1:].abs().sum() > 0
+    assert torch.equal(first, second), "frozen steps must not advance the memory"
+
+
+def test_training_segments_reproduce_rollout_log_probs_with_restarts(heart_rollout):
+    game, obs, starts = heart_rollout
+    agent = make_agent("pytorch/fast", game=game)
+    out = rollout(agent, obs, starts)
+    n, steps = starts.shape
+    bptt = 10  # 4 segments per agent; episodes of <= 12 steps restart inside segments
+    assert starts[:, 1:].any()
+    segments = out.reshape(n * steps // bptt, bptt)
+    assert segments[keys.DONES][:, 1:].any(), "the data must contain in-segment restarts"
+    train_td = segments.select(keys.ENV_OBS, keys.DONES, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C).clone()
+    agent(train_td)
+    assert torch.allclose(train_td[keys.ACT_LOG_PROB], segments[keys.ACT_LOG_PROB], atol=1e-5)
+    assert torch.allclose(train_td[keys.VALUES], segments[keys.VALUES], atol=1e-5)
+    assert train_td[keys.ENTROPY].shape == (n * steps // bptt, bptt)
+
+    agent.set_reset_inside_segments(False)
+    ignored = segments.select(keys.ENV_OBS, keys.DONES, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C).clone()
+    agent(ignored)
+    assert (ignored[keys.ACT_LOG_PROB] - segments[keys.ACT_LOG_PROB]).abs().max() > 1e-3
+
+
+def test_clip_weights_bounds_each_clipped_layer_and_spares_the_rest():
+    agent = make_agent("pytorch/fast", game="heart", clip_range=0.5)
+    lstm_before = agent.policy.core.lstm.weight_ih_l0.detach().clone()
+    with torch.no_grad():
+        for parameter in agent.parameters():
+            parameter.mul_(10)
+    agent.clip_weights()
+    for name in agent.weights.layer_names:
+        module = dict(agent.policy.clipped_layers())[name][0]
+        bound = 0.5 * agent.weights.initial_weight(name).abs().max()
+        assert module.weight.abs().max() <= bound + 1e-7, name
+        assert module.bias.abs().max() >= 0  # biases untouched (they were zero-initialised)
+    assert torch.allclose(agent.policy.core.lstm.weight_ih_l0, lstm_before * 10)
+
+
+def test_l2_init_loss_is_zero_at_init_and_has_gradient():
+    agent = make_agent("pytorch/fast", game="heart", l2_init_scale=2.0)
+    assert float(agent.l2_init_loss()) == 0
+    with torch.no_grad():
+        agent.policy.fc1.weight.add_(0.1)
+    loss = agent.l2_init_loss()
+    expected = 2.0 * 0.01 * agent.policy.fc1.weight.numel()
+    assert abs(float(loss) - expected) < 1e-3 * expected
+    loss.backward()
+    assert agent.policy.fc1.weight.grad.abs().sum() > 0
+
+
+def test_weight_metrics_cover_the_clipped_layers():
+    metrics = make_agent("pytorch/fast", game="heart").compute_weight_metrics()
+    assert "weights/effective_rank/cnn1" in metrics and "weights/spectrum_loglog_r2/actor_1" in metrics
+    assert metrics["weights/condition_ratio/critic_1"] >= 1
+
+
+def test_second_game_remaps_features_and_actions_by_name():
+    agent = make_agent("pytorch/fast", game="heart")
+    heart, arena = EnvInfo.from_game(make_game("heart")), EnvInfo.from_game(make_game("arena"))
+    rows = dict(agent.action_rows)
+    agent.initialize_to_environment(arena.features, list(reversed(arena.action_names)))
+    assert {name: agent.action_rows[name] for name in rows} == rows
+    heart_ids = {f.name: f.id for f in heart.features}
+    for feature in arena.features:
+        expected = heart_ids.get(feature.name, 255)
+        assert int(agent.feature_remap[feature.id]) == expected, feature.name
+
+
+def test_unknown_agent_parameter_names_the_allowed_ones():
+    with pytest.raises(UsageError, match="unknown agent parameter 'hidden'.*clip_range.*hidden_size"):
+        make_agent("pytorch/fast", game="heart", hidden=3)
+    with pytest.raises(UsageError, match="unknown agent 'nope'"):
+        make_agent("nope", game="heart")

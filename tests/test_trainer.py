@@ -1,0 +1,99 @@
+import math
+
+import numpy as np
+import torch
+
+from metta_agent import contract as keys
+from metta_agent.config import build_config
+from metta_agent.trainer.experience import Experience
+from metta_agent.trainer.ppo import lr_lambda
+from metta_agent.trainer.trainer import Trainer
+
+
+def naive_gae(rewards, values, next_starts, bootstrap, gamma, lam):
+    """Per agent, straight from the definition (delta_t, then the discounted sum within an episode)."""
+    n, steps = rewards.shape
+    advantages = np.zeros((n, steps))
+    for i in range(n):
+        for t in range(steps):
+            total, discount = 0.0, 1.0
+            for k in range(t, steps):
+                next_value = bootstrap[i] if k + 1 == steps else values[i, k + 1]
+                alive = 0.0 if next_starts[i, k] else 1.0
+                delta = rewards[i, k] + gamma * next_value * alive - values[i, k]
+                total += discount * delta
+                if not alive:
+                    break
+                discount *= gamma * lam
+            advantages[i, t] = total
+    return advantages
+
+
+def test_gae_matches_the_definition_including_the_last_step():
+    generator = torch.Generator().manual_seed(1)
+    experience = Experience(3, 8, 4, (2, 3), (1, 2), torch.device("cpu"))
+    rewards = torch.rand(3, 8, generator=generator)
+    values = torch.rand(3, 8, generator=generator)
+    next_starts = torch.rand(3, 8, generator=generator) < 0.2
+    bootstrap = torch.rand(3, generator=generator)
+    experience.data[keys.REWARDS].copy_(rewards)
+    experience.data[keys.VALUES].copy_(values)
+    experience.next_starts.copy_(next_starts)
+    experience.compute_advantages(bootstrap, 0.9, 0.8)
+    expected = naive_gae(rewards.numpy(), values.numpy(), next_starts.numpy(), bootstrap.numpy(), 0.9, 0.8)
+    assert np.allclose(experience.data[keys.ADVANTAGES].numpy(), expected, atol=1e-5)
+    assert experience.data[keys.ADVANTAGES][:, -1].abs().sum() > 0, "the last step has a real advantage"
+    assert torch.allclose(experience.data[keys.RETURNS], experience.data[keys.ADVANTAGES] + values)
+
+
+def test_minibatches_cover_every_segment_exactly_once():
+    experience = Experience(4, 8, 2, (2, 3), (1, 2), torch.device("cpu"))
+    experience.data[keys.REWARDS].copy_(torch.arange(32, dtype=torch.float32).view(4, 8))
+    seen = torch.cat([mb[keys.REWARDS][:, 0] for mb in experience.minibatches(3, torch.Generator())])
+    assert sorted(seen.tolist()) == list(range(0, 32, 2))
+    # segment s = agent * (T / TT) + t // TT
+    assert experience.segments()[keys.REWARDS][5].tolist() == [10.0, 11.0]
+
+
+def test_learning_rate_schedule_is_applied():
+    config = build_config([{"trainer": {"lr_schedule": "cosine", "lr_final_ratio": 0.1}}]).trainer
+    multiplier = lr_lambda(config, total_epochs=11)
+    assert multiplier(0) == 1.0 and math.isclose(multiplier(10), 0.1) and 0.1 < multiplier(5) < 1.0
+
+
+def test_training_keeps_ratio_one_with_in_segment_restarts(small_trainer_layers):
+    layers = small_trainer_layers + [{"game": {"max_steps": 40}, "trainer": {"total_agent_steps": 512 * 3}}]
+    trainer = Trainer(build_config(layers), run_dir=None, show_progress=False)
+    try:
+        history = [trainer.run_epoch() for _ in range(3)]
+        restarts = trainer.experience.segments()[keys.DONES][:, 1:].any(dim=1).float().mean()
+        assert restarts > 0.3, "most segments should hold a restart"
+        assert all(m["ratio_dev_before_update"] <= 1e-4 for m in history), history
+        trainer.agent.set_reset_inside_segments(False)
+        broken = trainer.run_epoch()
+        assert broken["ratio_dev_before_update"] > 1e-3
+    finally:
+        trainer.env.close()
+
+
+def test_clip_weights_runs_after_every_optimizer_step(small_trainer_layers, monkeypatch):
+    trainer = Trainer(build_config(small_trainer_layers + [{"agent": {"clip_range": 0.2}}]), None, False)
+    calls = {"step": 0, "clip": 0}
+    original_step, original_clip = trainer.optimizer.step, trainer.agent.clip_weights
+
+    def step(*args, **kwargs):
+        assert calls["clip"] == calls["step"], "the previous step was not followed by clip_weights()"
+        calls["step"] += 1
+        return original_step(*args, **kwargs)
+
+    def clip():
+        calls["clip"] += 1
+        original_clip()
+
+    monkeypatch.setattr(trainer.optimizer, "step", step)
+    monkeypatch.setattr(trainer.agent, "clip_weights", clip)
+    try:
+        trainer.run_epoch()
+    finally:
+        trainer.env.close()
+    assert calls["step"] == 2 and calls["clip"] == 2
