@@ -14,7 +14,7 @@ from torch import nn
 from metta_agent import contract as keys
 from metta_agent.agent.weights import WeightManager
 from metta_agent.blocks.heads import MAX_ACTION_EMBEDDINGS, ActionEmbedding
-from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer
+from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer, ValueNormalizer
 from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.config import AgentSettings
 from metta_agent.env.info import EnvInfo, Feature
@@ -56,8 +56,8 @@ class MettaAgent(nn.Module):
         for feature in self.original_features.values():
             normalizations[feature.id] = feature.normalization
         for module in self.policy.modules():
-            if isinstance(module, ObsNormalizer):
-                module.set_normalizations(normalizations[: module.scale.numel()].to(module.scale.device))
+            if isinstance(module, (ObsNormalizer, ValueNormalizer)):
+                module.set_normalizations(normalizations)
         self._assign_action_rows(list(action_names))
         if device is not None:
             self.to(device)

@@ -18,6 +18,9 @@ class Critic(nn.Module):
         self.critic_1 = linear(input_size, hidden_size, SQRT2)
         self.value = linear(hidden_size, 1, 1.0)
 
+    def clipped_layers(self) -> dict[str, nn.Module]:
+        return {"critic_1": self.critic_1, "value": self.value}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.value(torch.tanh(self.critic_1(x))).squeeze(-1)
 
@@ -58,6 +61,9 @@ class Actor(nn.Module):
         bound = 1.0 / math.sqrt(hidden_size)
         self.bilinear_weight = nn.Parameter(torch.empty(hidden_size, embedding_dim).uniform_(-bound, bound))
         self.bilinear_bias = nn.Parameter(torch.empty(1).uniform_(-bound, bound))
+
+    def clipped_layers(self) -> dict[str, nn.Module]:
+        return {"actor_1": self.actor_1}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = torch.relu(self.actor_1(x))

@@ -13,6 +13,14 @@ GLOBAL_LOCATION = 0xFE
 INVALID_FEATURE = 0xFF
 
 
+def token_cells(location: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of each token's location byte; global tokens sit in the centre (the agent's cell)."""
+    is_global = location == GLOBAL_LOCATION
+    row = torch.where(is_global, height // 2, location >> 4)
+    col = torch.where(is_global, width // 2, location & 0x0F)
+    return row, col
+
+
 class TokenToBox(nn.Module):
     """Scatter tokens ``[N, M, 3]`` into a float grid ``[N, F, H, W]`` at ``[feature, row, col]``.
 
@@ -29,9 +37,7 @@ class TokenToBox(nn.Module):
         location = tokens[..., 0].long()
         feature = tokens[..., 1].long()
         value = tokens[..., 2].float()
-        is_global = location == GLOBAL_LOCATION
-        row = torch.where(is_global, self.height // 2, location >> 4)
-        col = torch.where(is_global, self.width // 2, location & 0x0F)
+        row, col = token_cells(location, self.height, self.width)
         valid = (location != PAD_LOCATION) & (feature < self.num_features) & (row < self.height) & (col < self.width)
         cells = self.num_features * self.height * self.width
         index = (feature * self.height + row) * self.width + col
@@ -49,7 +55,43 @@ class ObsNormalizer(nn.Module):
         self.register_buffer("scale", torch.ones(num_features))
 
     def set_normalizations(self, normalizations: torch.Tensor) -> None:
-        self.scale.copy_(normalizations.clamp_min(1e-6))
+        """``normalizations[i]`` for feature id ``i``; ids past the box width are ignored."""
+        scale = torch.ones_like(self.scale)
+        count = min(scale.numel(), normalizations.numel())
+        scale[:count] = normalizations[:count].to(scale.device).clamp_min(1e-6)
+        self.scale.copy_(scale)
 
     def forward(self, box: torch.Tensor) -> torch.Tensor:
         return box / self.scale.view(1, -1, 1, 1)
+
+
+class TokenPadStrip(nn.Module):
+    """Keep the first K tokens, K = the longest valid prefix in the batch, and return the padding mask.
+
+    Tokens come valid-first, so cutting at the longest row's count drops only padding. Returns
+    ``(tokens [N, K, 3], padding [N, K] bool)``; ``padding`` is True where a token is padding.
+    """
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        padding = tokens[..., 0] == PAD_LOCATION
+        valid_counts = (~padding).sum(dim=1)
+        keep = max(int(valid_counts.max()), 1) if tokens.shape[0] else 1
+        return tokens[:, :keep], padding[:, :keep]
+
+
+class ValueNormalizer(nn.Module):
+    """Each token's value divided by its feature's normalisation, in float (padding gives 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(256))
+
+    def set_normalizations(self, normalizations: torch.Tensor) -> None:
+        scale = torch.ones(256, device=self.scale.device)
+        scale[: normalizations.numel()] = normalizations.to(self.scale.device).clamp_min(1e-6)
+        self.scale.copy_(scale)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        feature = tokens[..., 1].long()
+        value = tokens[..., 2].float() / self.scale[feature]
+        return torch.where(tokens[..., 0] == PAD_LOCATION, torch.zeros_like(value), value)

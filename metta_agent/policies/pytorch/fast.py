@@ -19,8 +19,6 @@ def conv_output_size(size: int, kernel: int, stride: int) -> int:
 class Fast(nn.Module):
     """token box -> normaliser -> Conv(F->64, k5, s3) -> Conv(64->64, k3) -> fc1 -> encoded_obs -> LSTM -> heads."""
 
-    CLIPPED_LAYERS = ("cnn1", "cnn2", "fc1", "encoded_obs", "critic_1", "value", "actor_1")
-
     def __init__(self, env: EnvInfo, cnn_channels: int = 64, hidden_size: int = 128):
         super().__init__()
         features = env.num_features
@@ -37,15 +35,9 @@ class Fast(nn.Module):
         self.actor = Actor(hidden_size, 512, 16)
 
     def clipped_layers(self) -> dict[str, tuple[nn.Module, float]]:
-        modules = {
-            "cnn1": self.cnn1,
-            "cnn2": self.cnn2,
-            "fc1": self.fc1,
-            "encoded_obs": self.encoded_obs,
-            "critic_1": self.critic.critic_1,
-            "value": self.critic.value,
-            "actor_1": self.actor.actor_1,
-        }
+        modules = {"cnn1": self.cnn1, "cnn2": self.cnn2, "fc1": self.fc1, "encoded_obs": self.encoded_obs}
+        modules.update(self.critic.clipped_layers())
+        modules.update(self.actor.clipped_layers())
         return {name: (module, 1.0) for name, module in modules.items()}
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
