@@ -1,7 +1,12 @@
-"""Architecture names -> policy constructors, and ``make_agent`` which builds and initialises an agent."""
+"""Architecture names -> policy constructors, and ``build_agent`` which builds and initialises an agent.
+
+Names: ``fast``, ``latent_attn_tiny``, ... select the component form (shipped YAML); ``pytorch/<name>``
+selects the hand-written PyTorch twin; a path ending in ``.yaml`` loads a user's component graph.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
@@ -11,40 +16,51 @@ from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.config import AgentSettings
 from metta_agent.env.info import EnvInfo
 from metta_agent.errors import UsageError
+from metta_agent.policies.component.graph import ComponentPolicy, load_spec, shipped_architectures, spec_parameters
+from metta_agent.policies.pytorch.example import Example
 from metta_agent.policies.pytorch.fast import Fast
+from metta_agent.policies.pytorch.latent_attn import latent_attn_med, latent_attn_small, latent_attn_tiny
 
 PolicyFactory = Callable[..., nn.Module]
 
 PYTORCH_AGENTS: dict[str, PolicyFactory] = {
     "pytorch/fast": Fast,
+    "pytorch/latent_attn_tiny": latent_attn_tiny,
+    "pytorch/latent_attn_small": latent_attn_small,
+    "pytorch/latent_attn_med": latent_attn_med,
+    "pytorch/example": Example,
 }
+COMMON_SETTINGS = ["analyze_weights_interval", "clip_range", "l2_init_scale", "name"]
 
 
 def agent_names() -> list[str]:
-    return sorted(PYTORCH_AGENTS)
+    return shipped_architectures() + sorted(PYTORCH_AGENTS)
 
 
-def policy_factory(name: str) -> PolicyFactory:
+def pytorch_twin(name: str) -> str | None:
+    """``fast`` -> ``pytorch/fast`` when the PyTorch form exists."""
+    twin = f"pytorch/{name}"
+    return twin if twin in PYTORCH_AGENTS else None
+
+
+def resolve_architecture(name: str) -> tuple[PolicyFactory, list[str]]:
+    """The policy constructor for ``name`` and the architecture parameters it accepts."""
     factory = PYTORCH_AGENTS.get(name)
-    if factory is None:
-        raise UsageError(f"unknown agent '{name}'; choose one of: {', '.join(agent_names())}")
-    return factory
-
-
-def architecture_parameters(factory: PolicyFactory) -> list[str]:
-    signature = inspect.signature(factory)
-    return [name for name in signature.parameters if name != "env"]
+    if factory is not None:
+        return factory, [p for p in inspect.signature(factory).parameters if p != "env"]
+    if name in shipped_architectures() or name.endswith((".yaml", ".yml")):
+        spec, source = load_spec(name)
+        return functools.partial(ComponentPolicy, spec=spec, source=source), sorted(spec_parameters(spec))
+    raise UsageError(f"unknown agent '{name}'; choose one of: {', '.join(agent_names())} or a path to a .yaml graph")
 
 
 def build_agent(settings: AgentSettings, env: EnvInfo) -> MettaAgent:
     """Build the architecture ``settings.name`` for a game described by ``env`` (torch's RNG sets the weights)."""
-    factory = policy_factory(settings.name)
-    allowed = architecture_parameters(factory)
+    factory, allowed = resolve_architecture(settings.name)
     for key in settings.kwargs:
         if key not in allowed:
-            common = ["analyze_weights_interval", "clip_range", "l2_init_scale", "name"]
             raise UsageError(
-                f"unknown agent parameter '{key}' for '{settings.name}'; allowed: {', '.join(common + allowed)}"
+                f"unknown agent parameter '{key}' for '{settings.name}'; allowed: {', '.join(COMMON_SETTINGS + allowed)}"
             )
     policy = factory(env, **settings.kwargs)
     return MettaAgent(policy, settings, env)

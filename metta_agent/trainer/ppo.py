@@ -32,7 +32,7 @@ def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings) -> LossParts:
     returns = minibatch[keys.RETURNS]
     advantages = minibatch[keys.ADVANTAGES]
     scored = agent(minibatch.select(keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS, keys.ACTIONS, keys.LSTM_H,
-                                    keys.LSTM_C))
+                                    keys.LSTM_C, strict=False))
     log_ratio = scored[keys.ACT_LOG_PROB] - old_log_prob
     ratio = log_ratio.exp()
     if cfg.norm_adv:

@@ -1,0 +1,146 @@
+"""The registry of component types a YAML graph may name. Each wraps a shared building block; a YAML file
+can only choose among these (it cannot import or run code).
+
+A component type is a function ``build(inputs, env, **params) -> ComponentModule``: ``inputs`` are example
+tensors from its sources (for shape inference), ``params`` come from the YAML.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from metta_agent.blocks.attention import FourierAttributeEmbedding, LatentCrossAttention, LatentSelfAttention
+from metta_agent.blocks.heads import Actor, Critic
+from metta_agent.blocks.init import conv2d, linear
+from metta_agent.blocks.observation import ObsNormalizer, TokenPadStrip, TokenToBox, ValueNormalizer
+from metta_agent.blocks.recurrent import RecurrentCore
+from metta_agent.env.info import EnvInfo
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda x: x,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "gelu": nn.functional.gelu,
+}
+
+
+class Component(nn.Module):
+    """A graph node: calls its block on its sources' outputs. ``clipped`` names the layers weight
+    clipping covers (with the component's ``clip_scale``)."""
+
+    def __init__(self, block: nn.Module, call: Callable, clipped: dict[str, nn.Module] | None = None):
+        super().__init__()
+        self.block = block
+        self._call = call
+        self.clipped = clipped or {}
+
+    def forward(self, inputs: list, td: TensorDict):
+        return self._call(self.block, inputs, td)
+
+
+def _activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def token_to_box(inputs, env: EnvInfo) -> Component:
+    return Component(TokenToBox(env.num_features, env.obs_height, env.obs_width), lambda b, x, td: b(x[0]))
+
+
+def obs_normalizer(inputs, env: EnvInfo) -> Component:
+    return Component(ObsNormalizer(inputs[0].shape[1]), lambda b, x, td: b(x[0]))
+
+
+def conv2d_layer(inputs, env: EnvInfo, out_channels: int, kernel_size: int, stride: int = 1,
+                 activation: str = "relu", gain: float = 1.0) -> Component:
+    act = _activation(activation)
+    layer = conv2d(inputs[0].shape[1], out_channels, kernel_size, stride, gain)
+    return Component(layer, lambda b, x, td: act(b(x[0])), {"": layer})
+
+
+def flatten(inputs, env: EnvInfo) -> Component:
+    return Component(nn.Flatten(), lambda b, x, td: b(x[0]))
+
+
+def linear_layer(inputs, env: EnvInfo, out_features: int, activation: str = "relu", gain: float = 1.0) -> Component:
+    act = _activation(activation)
+    layer = linear(inputs[0].shape[-1], out_features, gain)
+    return Component(layer, lambda b, x, td: act(b(x[0])), {"": layer})
+
+
+def lstm(inputs, env: EnvInfo, hidden_size: int = 128, num_layers: int = 2) -> Component:
+    return Component(RecurrentCore(inputs[0].shape[-1], hidden_size, num_layers), lambda b, x, td: b(x[0], td))
+
+
+def critic(inputs, env: EnvInfo, hidden_size: int = 1024) -> Component:
+    block = Critic(inputs[0].shape[-1], hidden_size)
+    return Component(block, lambda b, x, td: b(x[0]), block.clipped_layers())
+
+
+def actor(inputs, env: EnvInfo, hidden_size: int = 512, embedding_dim: int = 16) -> Component:
+    block = Actor(inputs[0].shape[-1], hidden_size, embedding_dim)
+    block.action_embeddings.set_action_rows(list(range(1, len(env.action_names) + 1)))  # MettaAgent sets the real map
+    return Component(block, lambda b, x, td: b(x[0]), block.clipped_layers())
+
+
+def token_pad_strip(inputs, env: EnvInfo) -> Component:
+    """Outputs ``tokens`` (main) and ``padding``."""
+    return Component(TokenPadStrip(), lambda b, x, td: dict(zip(("tokens", "padding"), b(x[0]))))
+
+
+def value_normalizer(inputs, env: EnvInfo) -> Component:
+    return Component(ValueNormalizer(), lambda b, x, td: b(x[0]))
+
+
+def fourier_embedding(inputs, env: EnvInfo, embed_dim: int, num_frequencies: int) -> Component:
+    block = FourierAttributeEmbedding(embed_dim, num_frequencies, env.obs_height, env.obs_width)
+    return Component(block, lambda b, x, td: b(x[0], x[1]))
+
+
+def cross_attention(inputs, env: EnvInfo, output_dim: int, num_queries: int, query_dim: int, heads: int,
+                    layers: int, use_mask: bool = True, use_cls: bool = False) -> Component:
+    block = LatentCrossAttention(inputs[0].shape[-1], output_dim, num_queries, query_dim, heads, layers, use_mask,
+                                 use_cls)
+    return Component(block, lambda b, x, td: b(x[0], x[1]))
+
+
+def self_attention(inputs, env: EnvInfo, output_dim: int, heads: int, layers: int, use_cls: bool = True) -> Component:
+    block = LatentSelfAttention(inputs[0].shape[-1], output_dim, heads, layers, use_cls)
+    return Component(block, lambda b, x, td: b(x[0]))
+
+
+# type name -> (builder, number of sources)
+COMPONENT_TYPES: dict[str, tuple[Callable[..., Component], int]] = {
+    "token_to_box": (token_to_box, 1),
+    "obs_normalizer": (obs_normalizer, 1),
+    "conv2d": (conv2d_layer, 1),
+    "flatten": (flatten, 1),
+    "linear": (linear_layer, 1),
+    "lstm": (lstm, 1),
+    "critic": (critic, 1),
+    "actor": (actor, 1),
+    "token_pad_strip": (token_pad_strip, 1),
+    "value_normalizer": (value_normalizer, 1),
+    "fourier_embedding": (fourier_embedding, 2),
+    "cross_attention": (cross_attention, 2),
+    "self_attention": (self_attention, 1),
+}
+
+
+def type_parameters(type_name: str) -> list[str]:
+    builder, _ = COMPONENT_TYPES[type_name]
+    return [name for name in inspect.signature(builder).parameters if name not in ("inputs", "env")]
+
+
+def required_parameters(type_name: str) -> list[str]:
+    builder, _ = COMPONENT_TYPES[type_name]
+    return [
+        name for name, parameter in inspect.signature(builder).parameters.items()
+        if name not in ("inputs", "env") and parameter.default is inspect.Parameter.empty
+    ]

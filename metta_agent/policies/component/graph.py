@@ -1,0 +1,251 @@
+"""``ComponentPolicy``: builds a graph of named components from a YAML spec and runs it.
+
+Schema (see the shipped ``fast.yaml``)::
+
+    name: fast
+    parameters: {hidden_size: 128}          # architecture kwargs with defaults; "$hidden_size" refers to one
+    components:
+      - name: cnn1                          # unique; becomes the weight-clipping / metrics layer name
+        type: conv2d                        # one of COMPONENT_TYPES
+        sources: [obs_normalizer]           # earlier components, "env_obs", or "component.field"
+        params: {out_channels: 64, kernel_size: 5, stride: 3}
+        clip_scale: 1.0                     # optional: per-layer clip factor (0 exempts the layer)
+    outputs: {logits: actor, value: critic}
+
+The graph is checked when it is built: unknown types or parameters, missing sources, cycles and shape
+errors are reported with the component's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tensordict import TensorDict
+from torch import nn
+
+from metta_agent import contract as keys
+from metta_agent.blocks.recurrent import RecurrentCore
+from metta_agent.env.info import EnvInfo
+from metta_agent.errors import UsageError
+from metta_agent.policies.component.components import (
+    COMPONENT_TYPES,
+    Component,
+    required_parameters,
+    type_parameters,
+)
+
+GRAPH_INPUTS = (keys.ENV_OBS,)
+COMPONENT_KEYS = {"name", "type", "sources", "params", "clip_scale"}
+SPEC_KEYS = {"name", "description", "parameters", "components", "outputs"}
+SHIPPED_DIR = Path(__file__).parent
+
+
+class GraphError(UsageError):
+    """A component graph that cannot be built; the message names the file and the component."""
+
+
+def shipped_architectures() -> list[str]:
+    return sorted(path.stem for path in SHIPPED_DIR.glob("*.yaml"))
+
+
+def load_spec(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """A shipped architecture by name, or a user's YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SHIPPED_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UsageError(f"unknown component architecture '{name_or_path}'")
+    if not path.is_file():
+        raise UsageError(f"component YAML '{name_or_path}' does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise GraphError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise GraphError(f"{path}: must hold a mapping with 'components' and 'outputs'")
+    return spec, str(path)
+
+
+def spec_parameters(spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(spec.get("parameters") or {})
+
+
+class ComponentPolicy(nn.Module):
+    def __init__(self, env: EnvInfo, spec: dict[str, Any], source: str = "<spec>", **kwargs: Any):
+        super().__init__()
+        self.source = source
+        where = source
+        unknown = set(spec) - SPEC_KEYS
+        if unknown:
+            raise GraphError(f"{where}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(SPEC_KEYS))}")
+        parameters = spec_parameters(spec)
+        for key in kwargs:
+            if key not in parameters:
+                raise GraphError(f"{where}: unknown parameter '{key}'; allowed: {', '.join(sorted(parameters))}")
+        parameters.update(kwargs)
+        entries = spec.get("components")
+        if not isinstance(entries, list) or not entries:
+            raise GraphError(f"{where}: 'components' must be a non-empty list")
+        ordered = _topological_order([_check_entry(entry, index, where) for index, entry in enumerate(entries)], where)
+        outputs = spec.get("outputs") or {}
+        if set(outputs) != {"logits", "value"}:
+            raise GraphError(f"{where}: 'outputs' must name the 'logits' and 'value' components")
+
+        self.components = nn.ModuleDict()
+        self.sources: dict[str, list[str]] = {}
+        self.clip_scales: dict[str, float] = {}
+        probe = _probe_batch(env)
+        values: dict[str, Any] = {name: probe[name] for name in GRAPH_INPUTS}
+        for entry in ordered:
+            name = entry["name"]
+            params = {key: _resolve(value, parameters, name, where) for key, value in entry["params"].items()}
+            builder, _ = COMPONENT_TYPES[entry["type"]]
+            try:
+                inputs = [_lookup(values, source) for source in entry["sources"]]
+                component = builder(inputs, env, **params)
+                output = component(inputs, probe)
+            except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
+                shapes = ", ".join(_describe(values, s) for s in entry["sources"])
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise GraphError(f"{where}: component '{name}' ({entry['type']}) cannot take its inputs "
+                                 f"[{shapes}]: {message}") from None
+            self.components[name] = component
+            self.sources[name] = list(entry["sources"])
+            self.clip_scales[name] = float(entry.get("clip_scale", 1.0))
+            values[name] = output
+        for role, target in outputs.items():
+            if target not in self.components:
+                raise GraphError(f"{where}: output '{role}' names unknown component '{target}'")
+        self.logits_name, self.value_name = outputs["logits"], outputs["value"]
+        for module in self.modules():
+            if isinstance(module, RecurrentCore):
+                module.reset_memory()
+
+    def clipped_layers(self) -> dict[str, tuple[nn.Module, float]]:
+        layers: dict[str, tuple[nn.Module, float]] = {}
+        for name, component in self.components.items():
+            for suffix, module in component.clipped.items():
+                layers[suffix or name] = (module, self.clip_scales[name])
+        return layers
+
+    def forward(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        values: dict[str, Any] = {name: td[name] for name in GRAPH_INPUTS}
+        for name, component in self.components.items():
+            values[name] = component([_lookup(values, source) for source in self.sources[name]], td)
+        return _main(values[self.logits_name]), _main(values[self.value_name])
+
+
+def _check_entry(entry: Any, index: int, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise GraphError(f"{where}: component #{index + 1} must be a mapping with a 'name'")
+    name = str(entry["name"])
+    unknown = set(entry) - COMPONENT_KEYS
+    if unknown:
+        raise GraphError(f"{where}: component '{name}' has unknown key '{sorted(unknown)[0]}'; "
+                         f"allowed: {', '.join(sorted(COMPONENT_KEYS))}")
+    type_name = entry.get("type")
+    if type_name not in COMPONENT_TYPES:
+        raise GraphError(f"{where}: component '{name}' has unknown type '{type_name}'; "
+                         f"known types: {', '.join(sorted(COMPONENT_TYPES))}")
+    sources = entry.get("sources") or []
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise GraphError(f"{where}: component '{name}' needs 'sources' as a list of names")
+    expected = COMPONENT_TYPES[type_name][1]
+    if len(sources) != expected:
+        raise GraphError(f"{where}: component '{name}' ({type_name}) takes {expected} source(s), got {len(sources)}")
+    params = entry.get("params") or {}
+    if not isinstance(params, dict):
+        raise GraphError(f"{where}: component '{name}' needs 'params' as a mapping")
+    allowed = type_parameters(type_name)
+    for key in params:
+        if key not in allowed:
+            raise GraphError(f"{where}: component '{name}' ({type_name}) has unknown parameter '{key}'; "
+                             f"allowed: {', '.join(allowed) or 'none'}")
+    for key in required_parameters(type_name):
+        if key not in params:
+            raise GraphError(f"{where}: component '{name}' ({type_name}) needs parameter '{key}'")
+    clip_scale = entry.get("clip_scale", 1.0)
+    if not isinstance(clip_scale, (int, float)) or clip_scale < 0:
+        raise GraphError(f"{where}: component '{name}' needs a non-negative number as clip_scale")
+    return {**entry, "name": name, "sources": sources, "params": params}
+
+
+def _topological_order(entries: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Order components so each comes after its sources (stable: YAML order where free)."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if entry["name"] in by_name or entry["name"] in GRAPH_INPUTS:
+            raise GraphError(f"{where}: component name '{entry['name']}' is used twice")
+        by_name[entry["name"]] = entry
+    for entry in entries:
+        for source in entry["sources"]:
+            base = source.split(".", 1)[0]
+            if base not in by_name and base not in GRAPH_INPUTS:
+                raise GraphError(f"{where}: component '{entry['name']}' has missing source '{source}'")
+    ordered: list[dict[str, Any]] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done" or name in GRAPH_INPUTS:
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join(path[path.index(name):] + [name])
+            raise GraphError(f"{where}: component '{name}' is in a cycle: {cycle}")
+        state[name] = "visiting"
+        for source in by_name[name]["sources"]:
+            visit(source.split(".", 1)[0], path + [name])
+        state[name] = "done"
+        ordered.append(by_name[name])
+
+    for entry in entries:
+        visit(entry["name"], [])
+    return ordered
+
+
+def _resolve(value: Any, parameters: dict[str, Any], name: str, where: str) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        key = value[1:]
+        if key not in parameters:
+            raise GraphError(f"{where}: component '{name}' refers to unknown parameter '{value}'")
+        return parameters[key]
+    return value
+
+
+def _lookup(values: dict[str, Any], source: str) -> Any:
+    base, _, field = source.partition(".")
+    value = values[base]
+    if isinstance(value, dict):
+        return value[field] if field else _main(value)
+    if field:
+        raise KeyError(f"'{base}' has no output field '{field}'")
+    return value
+
+
+def _describe(values: dict[str, Any], source: str) -> str:
+    try:
+        return f"{source} {list(_lookup(values, source).shape)}"
+    except (KeyError, AttributeError):
+        return f"{source} (no such output)"
+
+
+def _main(value: Any) -> torch.Tensor:
+    return next(iter(value.values())) if isinstance(value, dict) else value
+
+
+def _probe_batch(env: EnvInfo) -> TensorDict:
+    """Two rows of padding-only tokens (plus one global token) to infer shapes; consumes no randomness."""
+    tokens = torch.full((2, env.num_tokens, 3), 0xFF, dtype=torch.uint8)
+    first = env.features[0].id if env.features else 0
+    tokens[:, 0] = torch.tensor([0xFE, first, 1], dtype=torch.uint8)
+    return TensorDict(
+        {
+            keys.ENV_OBS: tokens,
+            keys.DONES: torch.ones(2, dtype=torch.bool),
+            keys.BPTT: torch.ones(2, dtype=torch.long),
+            keys.BATCH: torch.full((2,), 2, dtype=torch.long),
+        },
+        batch_size=[2],
+    )
