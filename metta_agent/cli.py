@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch's OpenMP threads spin while they wait for each other; on a 2-core machine shared with env
+    # stepping or another process that spinning slowed training 2-3x. A short spin costs nothing when the
+    # machine is quiet (measured in BENCHMARKS.md). It must be set before torch is imported.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,0 +1,210 @@
+"""Where training time goes: env stepping, rollout inference, the PPO update, and whole epochs.
+
+``run_benchmark`` builds one :class:`~metta_agent.trainer.trainer.Trainer` from the run config and times the
+trainer's *own* code in four pieces, all counted in agent steps per second:
+
+``env_sps``
+    ``VecEnv.step`` only, with uniform random actions (drawn beforehand), over a rollout's worth of steps
+    (``batch_size / num_agents`` steps of all agents).
+``inference_sps``
+    The rollout forward only, ``Trainer._policy_step`` (``agent(td)`` on the ``[N]`` TensorDict the trainer
+    builds) under ``torch.inference_mode``, plus ``Experience.store``, over a rollout's worth of steps. The
+    observations and episode-start flags were captured from the real env during the warm-up epoch, so no env
+    stepping is timed.
+``train_step_sps``
+    ``Trainer.update()`` (every minibatch of one PPO update) on a filled experience buffer; one update
+    counts ``batch_size`` agent steps.
+``train_sps``
+    ``Trainer.run_epoch()``: ``batch_size`` / epoch wall time.
+
+``serial_bound = 1 / (1/env_sps + 1/inference_sps + 1/train_step_sps)`` is what an epoch would reach if it
+did nothing but these three pieces one after another; ``bound_ratio = train_sps / serial_bound`` says how
+much of that the real loop achieves (below 1: per-step overhead outside the pieces, such as building tensors
+from the env's arrays, rewards, the bootstrap value and GAE; above 1 would mean overlap).
+
+Each repeat measures the four pieces in turn (env, inference, train step, full epochs), repeats are
+interleaved so that background load hits every piece alike, and the medians are reported. One untimed
+epoch warms everything up first. ``epochs`` is the amount of work per piece in each repeat: ``epochs``
+rollouts of env steps, ``epochs`` rollouts of inference, ``epochs`` updates and ``epochs`` full epochs.
+
+The benchmark trains the agent for real (the update and full epochs change its weights) and moves the
+env forward with random actions; it is meant for a throw-away trainer, not one whose run you keep.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from metta_agent import contract as keys
+from metta_agent.config import RunConfig
+
+RESULT_RATES = ("env_sps", "inference_sps", "train_step_sps", "train_sps")
+
+
+def run_benchmark(
+    config: RunConfig,
+    epochs: int = 3,
+    repeats: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float | int | str]:
+    """Measure env, inference, update and full-epoch throughput with the training config (see module doc).
+
+    Returns the medians over ``repeats`` of ``env_sps``, ``inference_sps``, ``train_step_sps``,
+    ``train_sps`` (agent steps per second), ``serial_bound``, ``bound_ratio``, plus ``rollout_sps`` and
+    ``update_sps`` (the two halves of the full epochs, from the trainer's own metrics), the per-piece
+    seconds of one rollout's worth of work, and the config figures ``game``, ``agent``, ``num_envs``,
+    ``batch_size``, ``minibatch_size``, ``bptt_horizon``, ``num_agents``, ``rollout_steps``,
+    ``env_workers``, ``torch_threads``, ``epochs``, ``repeats``.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    from metta_agent.trainer.trainer import Trainer
+
+    say = progress or (lambda message: None)
+    trainer = Trainer(config, run_dir=None, show_progress=False)
+    try:
+        return _measure(trainer, config, epochs, repeats, say)
+    finally:
+        trainer.env.close()
+
+
+def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callable[[str], None]) -> dict:
+    cfg = config.trainer
+    batch_size = cfg.batch_size
+    num_agents = trainer.num_agents
+    steps = trainer.rollout_steps
+    say(
+        f"benchmark: game {config.game.name}, agent {config.agent.name}, {trainer.env.num_envs} envs x "
+        f"{trainer.env.agents_per_env} agents, batch {batch_size} ({steps} steps), minibatch "
+        f"{cfg.minibatch_size}, bptt {cfg.bptt_horizon}, torch threads {torch.get_num_threads()}"
+    )
+
+    say("warm-up epoch (untimed)")
+    trainer.run_epoch()
+    # Rollout inputs captured from the real env during the warm-up rollout, laid out [T, N, ...] so that each
+    # step's observation is a contiguous [N, M, 3] tensor, as torch.from_numpy(env obs) is in the trainer.
+    data = trainer.experience.data
+    captured_obs = data[keys.ENV_OBS].transpose(0, 1).contiguous().cpu()
+    captured_starts = data[keys.DONES].transpose(0, 1).contiguous().cpu()
+    captured_truncated = data[keys.TRUNCATEDS].transpose(0, 1).contiguous().cpu()
+    num_actions = len(trainer.env.action_names)
+    rng = np.random.default_rng(cfg.seed)
+
+    samples: dict[str, list[float]] = {name: [] for name in (*RESULT_RATES, "rollout_sps", "update_sps")}
+    for repeat in range(repeats):
+        # -- env only -------------------------------------------------------------------------------------
+        actions = rng.integers(0, num_actions, size=(epochs * steps, num_agents), dtype=np.int64)
+        seconds = _time_env(trainer, actions)
+        samples["env_sps"].append(epochs * batch_size / seconds)
+
+        # -- rollout inference + storing --------------------------------------------------------------------
+        seconds = _time_inference(trainer, captured_obs, captured_starts, captured_truncated, epochs)
+        samples["inference_sps"].append(epochs * batch_size / seconds)
+
+        # -- one PPO update on the filled buffer ------------------------------------------------------------
+        start = time.perf_counter()
+        for _ in range(epochs):
+            trainer.update()
+        seconds = time.perf_counter() - start
+        samples["train_step_sps"].append(epochs * batch_size / seconds)
+
+        # -- full epochs ------------------------------------------------------------------------------------
+        rollout_seconds = update_seconds = 0.0
+        start = time.perf_counter()
+        for _ in range(epochs):
+            metrics = trainer.run_epoch()
+            rollout_seconds += float(metrics.get("rollout_seconds") or 0.0)
+            update_seconds += float(metrics.get("update_seconds") or 0.0)
+        seconds = time.perf_counter() - start
+        samples["train_sps"].append(epochs * batch_size / seconds)
+        if rollout_seconds > 0:
+            samples["rollout_sps"].append(epochs * batch_size / rollout_seconds)
+        if update_seconds > 0:
+            samples["update_sps"].append(epochs * batch_size / update_seconds)
+
+        say(
+            f"repeat {repeat + 1}/{repeats}: env {samples['env_sps'][-1]:,.0f}  inference "
+            f"{samples['inference_sps'][-1]:,.0f}  train step {samples['train_step_sps'][-1]:,.0f}  "
+            f"full {samples['train_sps'][-1]:,.0f} agent steps/s"
+        )
+
+    result: dict[str, float | int | str] = {
+        "game": config.game.name,
+        "agent": config.agent.name,
+        "num_envs": int(trainer.env.num_envs),
+        "agents_per_env": int(trainer.env.agents_per_env),
+        "num_agents": int(num_agents),
+        "batch_size": int(batch_size),
+        "minibatch_size": int(cfg.minibatch_size),
+        "bptt_horizon": int(cfg.bptt_horizon),
+        "rollout_steps": int(steps),
+        "env_workers": int(cfg.env_workers),
+        "torch_threads": int(torch.get_num_threads()),
+        "epochs": int(epochs),
+        "repeats": int(repeats),
+    }
+    for name, values in samples.items():
+        if values:
+            result[name] = float(statistics.median(values))
+    env_sps, inference_sps, train_step_sps = (result[k] for k in ("env_sps", "inference_sps", "train_step_sps"))
+    serial_bound = 1.0 / (1.0 / env_sps + 1.0 / inference_sps + 1.0 / train_step_sps)
+    result["serial_bound"] = serial_bound
+    result["bound_ratio"] = result["train_sps"] / serial_bound
+    # Seconds of one epoch's worth of each piece (from the medians), to read where an epoch goes.
+    for name in RESULT_RATES:
+        result[name.replace("_sps", "_seconds")] = batch_size / result[name]
+    return result
+
+
+def _time_env(trainer, actions: np.ndarray) -> float:
+    """Seconds to step the trainer's env through ``actions`` ``[steps, N]`` (uniform random)."""
+    env = trainer.env
+    obs = rewards = terminals = truncations = None
+    start = time.perf_counter()
+    for row in actions:
+        obs, rewards, terminals, truncations = env.step(row)
+    seconds = time.perf_counter() - start
+    # Leave the trainer's next-step inputs consistent with where the env now is (the obs tensor is a view
+    # of the env's buffer; the flags are copies the trainer makes after each step).
+    if hasattr(trainer, "_truncated") and hasattr(trainer, "_starts"):
+        trainer._obs = torch.from_numpy(obs)
+        trainer._truncated = torch.from_numpy(truncations).clone()
+        trainer._starts = torch.from_numpy(terminals) | trainer._truncated
+    return seconds
+
+
+def _time_inference(trainer, obs: torch.Tensor, starts: torch.Tensor, truncated: torch.Tensor, epochs: int) -> float:
+    """Seconds of ``epochs`` rollouts of ``_policy_step`` + ``Experience.store`` on captured inputs."""
+    experience = trainer.experience
+    steps = obs.shape[0]
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for _ in range(epochs):
+            for t in range(steps):
+                step = trainer._policy_step(obs[t], starts[t], truncated[t])
+                experience.store(t, step)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        return time.perf_counter() - start
+
+
+def main() -> None:  # pragma: no cover - a convenience: python -m metta_agent.bench [game]
+    import json
+    import sys
+
+    from metta_agent.config import build_config
+
+    game = sys.argv[1] if len(sys.argv) > 1 else "arena"
+    result = run_benchmark(build_config([{"game": {"name": game}}]), progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

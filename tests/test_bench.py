@@ -1,0 +1,67 @@
+"""Tests for metta_agent.bench: a tiny benchmark run returns every figure, positive, finite and consistent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from metta_agent.bench import run_benchmark
+from metta_agent.config import build_config
+
+RATES = ("env_sps", "inference_sps", "train_step_sps", "train_sps", "serial_bound", "bound_ratio")
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    # heart has 4 agents: 4 envs x 4 agents x bptt 16 = 256 divides batch 1024 (64 steps) and minibatch 256.
+    config = build_config(
+        [
+            {
+                "game": {"name": "heart"},
+                "trainer": {"num_envs": 4, "batch_size": 1024, "minibatch_size": 256, "bptt_horizon": 16},
+            }
+        ]
+    )
+    messages: list[str] = []
+    result = run_benchmark(config, epochs=1, repeats=1, progress=messages.append)
+    return result, messages
+
+
+def test_all_rates_positive_and_finite(tiny_result):
+    result, _ = tiny_result
+    for key in (*RATES, "rollout_sps", "update_sps"):
+        assert key in result, key
+        value = result[key]
+        assert isinstance(value, float), (key, value)
+        assert math.isfinite(value) and value > 0, (key, value)
+
+
+def test_bound_follows_formulas(tiny_result):
+    result, _ = tiny_result
+    expected_bound = 1.0 / (1.0 / result["env_sps"] + 1.0 / result["inference_sps"] + 1.0 / result["train_step_sps"])
+    assert result["serial_bound"] == pytest.approx(expected_bound, rel=1e-12)
+    assert result["bound_ratio"] == pytest.approx(result["train_sps"] / expected_bound, rel=1e-12)
+    # The bound can never exceed the slowest piece.
+    assert result["serial_bound"] < min(result["env_sps"], result["inference_sps"], result["train_step_sps"])
+
+
+def test_config_figures(tiny_result):
+    result, messages = tiny_result
+    assert result["game"] == "heart"
+    assert result["agent"] == "pytorch/fast"
+    assert result["num_envs"] == 4
+    assert result["batch_size"] == 1024
+    assert result["num_agents"] == 16
+    assert result["rollout_steps"] == 64
+    assert result["epochs"] == 1 and result["repeats"] == 1
+    assert any("warm-up" in message for message in messages)
+    assert any("repeat 1/1" in message for message in messages)
+
+
+def test_rejects_bad_counts():
+    config = build_config([{"game": {"name": "heart"}}])
+    with pytest.raises(ValueError):
+        run_benchmark(config, epochs=0)
+    with pytest.raises(ValueError):
+        run_benchmark(config, repeats=0)
