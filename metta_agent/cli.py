@@ -72,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    parity = commands.add_parser(
+        "parity",
+        help="check that each architecture's component and PyTorch forms are the same network",
+        description="For every architecture (or --agent), on observations from the real engine: identical initial\n"
+        "weights and weight transfer, identical outputs in rollout and training mode, PPO gradients,\n"
+        "clip_weights(), l2_init_loss(), weight-metric names, and the first training epoch.\n"
+        "Exit code 1 if any check fails.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parity.add_argument("--agent", help="one architecture (default: all)")
+    parity.add_argument("--seed", type=int, default=0, help="torch seed for the weights (default 0)")
+    parity.add_argument("--json", action="store_true", help="print a JSON list, one object per architecture")
+
+    agents = commands.add_parser("agents", help="list the architectures with both forms' parameter counts")
+    agents.add_argument("--game", default="arena", help="game the counts are for (default arena)")
+    agents.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -208,7 +224,69 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "games": cmd_games, "bench": cmd_bench}
+def cmd_parity(args: argparse.Namespace) -> int:
+    from metta_agent.parity import ARCHITECTURES, check_architecture
+
+    names = list(ARCHITECTURES)
+    if args.agent:
+        name = args.agent.removeprefix("pytorch/")
+        if name not in ARCHITECTURES:
+            raise UsageError(f"unknown architecture '{args.agent}'; choose one of: {', '.join(ARCHITECTURES)}")
+        names = [name]
+    reports = []
+    for name in names:
+        if not args.json:
+            print(f"checking {name} ...", file=sys.stderr, flush=True)
+        reports.append(check_architecture(name, seed=args.seed))
+    if args.json:
+        print(json.dumps([report.to_dict() for report in reports]))
+    else:
+        for report in reports:
+            status = "ok" if report.ok else "FAILED"
+            print(f"{report.agent}: {status}  ({report.params_component:,} parameters in each form)")
+            for check in report.checks:
+                mark = "ok" if check.ok else "FAIL"
+                print(f"  {mark:<4} {check.name:<26} diff {check.difference:.2e}  (tolerance {check.tolerance:.0e})"
+                      f"  {check.detail}")
+    return 0 if all(report.ok for report in reports) else 1
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    import torch
+
+    from metta_agent.agent.registry import PYTORCH_AGENTS, build_agent, pytorch_twin
+    from metta_agent.config import AgentSettings
+    from metta_agent.env.info import EnvInfo
+    from metta_agent.games import make_game
+    from metta_agent.policies.component.graph import shipped_architectures
+
+    env = EnvInfo.from_game(make_game(args.game))
+
+    def params(name: str) -> int:
+        torch.manual_seed(0)
+        return build_agent(AgentSettings(name=name), env).total_params
+
+    rows = []
+    for name in shipped_architectures():
+        twin = pytorch_twin(name)
+        rows.append({"agent": name, "pytorch": twin, "params_component": params(name),
+                     "params_pytorch": params(twin) if twin else None})
+    for name in sorted(PYTORCH_AGENTS):
+        if not any(row["pytorch"] == name for row in rows):
+            rows.append({"agent": name, "pytorch": name, "params_component": None, "params_pytorch": params(name)})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"parameter counts on {args.game} ({env.num_features} features)")
+    for row in rows:
+        component = f"{row['params_component']:,}" if row["params_component"] else "-"
+        pytorch = f"{row['params_pytorch']:,}" if row["params_pytorch"] else "-"
+        print(f"  {row['agent']:<26} component {component:>10}   {row['pytorch'] or '-':<28} {pytorch:>10}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "games": cmd_games, "bench": cmd_bench, "parity": cmd_parity,
+            "agents": cmd_agents}
 
 
 if __name__ == "__main__":
