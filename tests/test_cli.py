@@ -99,3 +99,24 @@ def test_games_lists_both_games():
     result = run_cli("games", "--json")
     games = {row["name"]: row for row in json.loads(result.stdout)}
     assert games["arena"]["agents"] == 24 and games["heart"]["agents"] == 4
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "metta_agent.cli", "train", *SMALL, "--steps", "10000000",
+                                "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints[-1] == f"epoch_{epochs[-1]:06d}.pt"
+    assert json.loads(stdout.strip().splitlines()[-1])["epochs"] == epochs[-1]
