@@ -33,6 +33,7 @@ env forward with random actions; it is meant for a throw-away trainer, not one w
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Callable
@@ -67,15 +68,25 @@ def run_benchmark(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     from metta_agent.trainer.trainer import Trainer
 
+    from metta_agent.agent.registry import pytorch_twin
+
     say = progress or (lambda message: None)
     trainer = Trainer(config, run_dir=None, show_progress=False)
+    twin = None
     try:
-        return _measure(trainer, config, epochs, repeats, say)
+        # A component architecture is measured side by side with its PyTorch twin (same config, same data).
+        twin_name = None if config.agent.name.startswith("pytorch/") else pytorch_twin(config.agent.name)
+        if twin_name is not None:
+            twin_config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, name=twin_name))
+            twin = Trainer(twin_config, run_dir=None, show_progress=False)
+        return _measure(trainer, config, epochs, repeats, say, twin)
     finally:
         trainer.env.close()
+        if twin is not None:
+            twin.env.close()
 
 
-def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callable[[str], None]) -> dict:
+def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callable[[str], None], twin=None) -> dict:
     cfg = config.trainer
     batch_size = cfg.batch_size
     num_agents = trainer.num_agents
@@ -88,6 +99,8 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
 
     say("warm-up epoch (untimed)")
     trainer.run_epoch()
+    if twin is not None:
+        twin.run_epoch()
     # Rollout inputs captured from the real env during the warm-up rollout, laid out [T, N, ...] so that each
     # step's observation is a contiguous [N, M, 3] tensor, as torch.from_numpy(env obs) is in the trainer.
     data = trainer.experience.data
@@ -98,6 +111,8 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     rng = np.random.default_rng(cfg.seed)
 
     samples: dict[str, list[float]] = {name: [] for name in (*RESULT_RATES, "rollout_sps", "update_sps")}
+    if twin is not None:
+        samples.update({"pytorch_inference_sps": [], "pytorch_train_step_sps": []})
     for repeat in range(repeats):
         # -- env only -------------------------------------------------------------------------------------
         actions = rng.integers(0, num_actions, size=(epochs * steps, num_agents), dtype=np.int64)
@@ -108,12 +123,22 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
         seconds = _time_inference(trainer, captured_obs, captured_starts, captured_truncated, epochs)
         samples["inference_sps"].append(epochs * batch_size / seconds)
 
+        if twin is not None:
+            seconds = _time_inference(twin, captured_obs, captured_starts, captured_truncated, epochs)
+            samples["pytorch_inference_sps"].append(epochs * batch_size / seconds)
+
         # -- one PPO update on the filled buffer ------------------------------------------------------------
         start = time.perf_counter()
         for _ in range(epochs):
             trainer.update()
         seconds = time.perf_counter() - start
         samples["train_step_sps"].append(epochs * batch_size / seconds)
+        if twin is not None:
+            twin.experience.data.update_(trainer.experience.data)  # the same batch for both forms
+            start = time.perf_counter()
+            for _ in range(epochs):
+                twin.update()
+            samples["pytorch_train_step_sps"].append(epochs * batch_size / (time.perf_counter() - start))
 
         # -- full epochs ------------------------------------------------------------------------------------
         rollout_seconds = update_seconds = 0.0
@@ -157,6 +182,10 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     serial_bound = 1.0 / (1.0 / env_sps + 1.0 / inference_sps + 1.0 / train_step_sps)
     result["serial_bound"] = serial_bound
     result["bound_ratio"] = result["train_sps"] / serial_bound
+    if twin is not None:
+        result["pytorch_agent"] = twin.config.agent.name
+        result["pytorch_inference_ratio"] = result["pytorch_inference_sps"] / result["inference_sps"]
+        result["pytorch_train_step_ratio"] = result["pytorch_train_step_sps"] / result["train_step_sps"]
     # Seconds of one epoch's worth of each piece (from the medians), to read where an epoch goes.
     for name in RESULT_RATES:
         result[name.replace("_sps", "_seconds")] = batch_size / result[name]

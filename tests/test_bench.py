@@ -65,3 +65,17 @@ def test_rejects_bad_counts():
         run_benchmark(config, epochs=0)
     with pytest.raises(ValueError):
         run_benchmark(config, repeats=0)
+
+
+def test_component_architecture_is_measured_beside_its_pytorch_twin():
+    from metta_agent.bench import run_benchmark
+    from metta_agent.config import build_config
+
+    config = build_config([{"agent": {"name": "fast"}, "game": {"name": "heart"},
+                            "trainer": {"num_envs": 4, "batch_size": 1024, "minibatch_size": 256,
+                                        "bptt_horizon": 16}}])
+    result = run_benchmark(config, epochs=1, repeats=1)
+    assert result["pytorch_agent"] == "pytorch/fast"
+    for key in ("pytorch_inference_sps", "pytorch_train_step_sps"):
+        assert result[key] > 0
+    assert abs(result["pytorch_inference_ratio"] - result["pytorch_inference_sps"] / result["inference_sps"]) < 1e-9
