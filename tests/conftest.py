@@ -21,6 +21,7 @@ def small_trainer_layers():
                 "minibatch_size": 256,
                 "bptt_horizon": 16,
                 "total_agent_steps": 1024,
+                "update_epochs": 1,
             },
         }
     ]
