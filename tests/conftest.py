@@ -1,7 +1,11 @@
 import logging
+import os
 
-import pytest
-import torch
+# As the CLI does: a short OpenMP spin, so tests that share the machine do not slow each other 10x or more.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import mettagrid  # noqa: F401 - importing it lowers the root logger; tests restore it below
 
