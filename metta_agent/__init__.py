@@ -46,15 +46,16 @@ def make_agent(name: str = "pytorch/fast", game: "str | MettaGridConfig" = "aren
     return build_agent(settings, EnvInfo.from_game(game_config))
 
 
-def load_agent(path: str, game: "str | MettaGridConfig | None" = None) -> "MettaAgent":
+def load_agent(path: str, game: "str | MettaGridConfig | None" = None, as_agent: str | None = None) -> "MettaAgent":
     """Load the agent of a run directory (its newest checkpoint) or of a checkpoint file.
 
     With ``game``, the agent is re-initialised to that game: features are matched by name and action
-    embeddings by action name.
+    embeddings by action name. With ``as_agent``, a checkpoint of one form loads as the other form of the
+    same architecture (``as_agent="pytorch/fast"`` for a ``fast`` checkpoint, and back).
     """
     from metta_agent.agent.loading import load_agent as _load_agent
 
-    return _load_agent(path, game)
+    return _load_agent(path, game, as_agent)
 
 
 __all__ = ["make_game", "make_agent", "load_agent", "__version__"]

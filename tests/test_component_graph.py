@@ -94,3 +94,25 @@ def test_architecture_parameters_reach_both_forms():
 def test_transfer_between_different_architectures_is_refused():
     with pytest.raises(UsageError, match="cannot transfer"):
         transfer_weights(make_agent("fast", game="heart"), make_agent("pytorch/latent_attn_tiny", game="heart"))
+
+
+def test_a_component_checkpoint_loads_as_the_pytorch_form_and_back(tmp_path):
+    from tensordict import TensorDict
+
+    from metta_agent import contract as keys
+    from metta_agent import load_agent
+    from metta_agent.checkpoint import save_checkpoint
+
+    agent = make_agent("fast", game="heart", seed=3)
+    path = save_checkpoint(tmp_path / "checkpoints" / "epoch_000001.pt", {"agent": agent.metadata(), "game": "heart"},
+                           {"model": agent.state_dict()})
+    as_pytorch = load_agent(str(path), as_agent="pytorch/fast")
+    assert as_pytorch.settings.name == "pytorch/fast"
+    obs = torch.full((4, 200, 3), 0xFF, dtype=torch.uint8)
+    obs[:, 0] = torch.tensor([0x55, 6, 2], dtype=torch.uint8)
+    outputs = []
+    for form in (agent, as_pytorch, load_agent(str(path))):
+        td = TensorDict({keys.ENV_OBS: obs, keys.DONES: torch.ones(4), keys.ACTIONS: torch.zeros(4, dtype=torch.long)},
+                        batch_size=[4])
+        outputs.append(form(td)[keys.FULL_LOG_PROBS])
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])

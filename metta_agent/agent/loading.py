@@ -40,9 +40,12 @@ def agent_from_checkpoint(metadata: dict[str, Any], payload: dict[str, Any], pat
     return agent
 
 
-def load_agent(path: str | Path, game=None) -> MettaAgent:
+def load_agent(path: str | Path, game=None, as_agent: str | None = None) -> MettaAgent:
+    """``as_agent`` loads the checkpoint into another form of its architecture (``fast`` <-> ``pytorch/fast``)."""
     metadata, payload = load_checkpoint(path)
     agent = agent_from_checkpoint(metadata, payload, path)
+    if as_agent is not None and as_agent != agent.settings.name:
+        agent = _as_other_form(agent, as_agent)
     if game is not None:
         from metta_agent.games import make_game
 
@@ -50,3 +53,21 @@ def load_agent(path: str | Path, game=None) -> MettaAgent:
         env = EnvInfo.from_game(game_config)
         agent.initialize_to_environment(env.features, env.action_names)
     return agent
+
+
+def _as_other_form(agent: MettaAgent, name: str) -> MettaAgent:
+    from dataclasses import replace
+
+    from metta_agent.agent.transfer import transfer_weights
+
+    original = EnvInfo(
+        features=tuple(agent.original_features.values()),
+        action_names=tuple(agent.action_names),
+        obs_height=agent.geometry["obs_height"],
+        obs_width=agent.geometry["obs_width"],
+        num_tokens=agent.geometry["num_tokens"],
+        num_agents=1,
+    )
+    other = build_agent(replace(agent.settings, name=name), original)
+    transfer_weights(agent, other)
+    return other
