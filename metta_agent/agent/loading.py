@@ -60,14 +60,6 @@ def _as_other_form(agent: MettaAgent, name: str) -> MettaAgent:
 
     from metta_agent.agent.transfer import transfer_weights
 
-    original = EnvInfo(
-        features=tuple(agent.original_features.values()),
-        action_names=tuple(agent.action_names),
-        obs_height=agent.geometry["obs_height"],
-        obs_width=agent.geometry["obs_width"],
-        num_tokens=agent.geometry["num_tokens"],
-        num_agents=1,
-    )
-    other = build_agent(replace(agent.settings, name=name), original)
+    other = build_agent(replace(agent.settings, name=name), agent.original_env())
     transfer_weights(agent, other)
     return other

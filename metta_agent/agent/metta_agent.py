@@ -7,6 +7,8 @@ log-probabilities, and weight management (SPEC sections 3, 4 and 8).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tensordict import TensorDict
 from torch import nn
@@ -123,7 +125,10 @@ class MettaAgent(nn.Module):
 
     def memory_frozen(self):
         """Context: rollout steps that do not store the new state (bootstrap values)."""
-        return _AllFrozen(self._cores())
+        stack = contextlib.ExitStack()
+        for core in self._cores():
+            stack.enter_context(core.memory_frozen())
+        return stack
 
     def set_reset_inside_segments(self, enabled: bool) -> None:
         """Only to measure what ignoring in-segment restarts costs; the default (True) is the correct one."""
@@ -150,6 +155,15 @@ class MettaAgent(nn.Module):
     def total_params(self) -> int:
         return sum(p.numel() for p in self.policy.parameters())
 
+    def original_env(self) -> EnvInfo:
+        """The game description the agent was built with (its input layout), under its current actions."""
+        return EnvInfo(
+            features=tuple(self.original_features.values()),
+            action_names=tuple(self.action_names),
+            num_agents=1,
+            **self.geometry,
+        )
+
     def metadata(self) -> dict:
         """What a checkpoint needs, besides the state dict, to rebuild this agent (JSON-safe)."""
         return {
@@ -166,15 +180,3 @@ class MettaAgent(nn.Module):
             "action_names": list(self.action_names),
         }
 
-
-class _AllFrozen:
-    def __init__(self, cores):
-        self._contexts = [core.memory_frozen() for core in cores]
-
-    def __enter__(self):
-        for context in self._contexts:
-            context.__enter__()
-
-    def __exit__(self, *exc):
-        for context in reversed(self._contexts):
-            context.__exit__(*exc)
