@@ -17,6 +17,13 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
 ``train_sps``
     ``Trainer.run_epoch()``: ``batch_size`` / epoch wall time.
 
+``train_sps_no_restarts``
+    The same full epochs with in-segment episode restarts ignored in training (each segment runs its LSTM
+    in one piece from its stored state, as the reference did; the importance ratio is then wrong). Measured
+    right after ``train_sps`` in every repeat. ``restart_overhead = 1 - train_sps / train_sps_no_restarts``
+    is what correct restarts cost; ``restart_segment_fraction`` says how many segments held a restart (use
+    short episodes, e.g. ``--set game.max_steps=40``, for a figure that means something).
+
 ``serial_bound = 1 / (1/env_sps + 1/inference_sps + 1/train_step_sps)`` is what an epoch would reach if it
 did nothing but these three pieces one after another; ``bound_ratio = train_sps / serial_bound`` says how
 much of that the real loop achieves (below 1: per-step overhead outside the pieces, such as building tensors
@@ -57,7 +64,8 @@ def run_benchmark(
 
     Returns the medians over ``repeats`` of ``env_sps``, ``inference_sps``, ``train_step_sps``,
     ``train_sps`` (agent steps per second), ``serial_bound``, ``bound_ratio``, plus ``rollout_sps`` and
-    ``update_sps`` (the two halves of the full epochs, from the trainer's own metrics), the per-piece
+    ``update_sps`` (the two halves of the full epochs, from the trainer's own metrics), ``train_sps_no_restarts``,
+    ``restart_overhead`` and ``restart_segment_fraction`` (see the module doc), the per-piece
     seconds of one rollout's worth of work, and the config figures ``game``, ``agent``, ``num_envs``,
     ``batch_size``, ``minibatch_size``, ``bptt_horizon``, ``num_agents``, ``rollout_steps``,
     ``env_workers``, ``torch_threads``, ``epochs``, ``repeats``.
@@ -110,7 +118,8 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     num_actions = len(trainer.env.action_names)
     rng = np.random.default_rng(cfg.seed)
 
-    samples: dict[str, list[float]] = {name: [] for name in (*RESULT_RATES, "rollout_sps", "update_sps")}
+    extra = ("rollout_sps", "update_sps", "train_sps_no_restarts", "restart_segment_fraction")
+    samples: dict[str, list[float]] = {name: [] for name in (*RESULT_RATES, *extra)}
     if twin is not None:
         samples.update({"pytorch_inference_sps": [], "pytorch_train_step_sps": []})
     for repeat in range(repeats):
@@ -153,6 +162,17 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
             samples["rollout_sps"].append(epochs * batch_size / rollout_seconds)
         if update_seconds > 0:
             samples["update_sps"].append(epochs * batch_size / update_seconds)
+        samples["restart_segment_fraction"].append(_restart_segment_fraction(trainer))
+
+        # -- the same full epochs with in-segment restarts ignored (what the reference trainer did) ----------
+        trainer.agent.set_reset_inside_segments(False)
+        try:
+            start = time.perf_counter()
+            for _ in range(epochs):
+                trainer.run_epoch()
+            samples["train_sps_no_restarts"].append(epochs * batch_size / (time.perf_counter() - start))
+        finally:
+            trainer.agent.set_reset_inside_segments(True)
 
         say(
             f"repeat {repeat + 1}/{repeats}: env {samples['env_sps'][-1]:,.0f}  inference "
@@ -182,6 +202,7 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     serial_bound = 1.0 / (1.0 / env_sps + 1.0 / inference_sps + 1.0 / train_step_sps)
     result["serial_bound"] = serial_bound
     result["bound_ratio"] = result["train_sps"] / serial_bound
+    result["restart_overhead"] = 1.0 - result["train_sps"] / result["train_sps_no_restarts"]
     if twin is not None:
         result["pytorch_agent"] = twin.config.agent.name
         result["pytorch_inference_ratio"] = result["pytorch_inference_sps"] / result["inference_sps"]
@@ -190,6 +211,12 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     for name in RESULT_RATES:
         result[name.replace("_sps", "_seconds")] = batch_size / result[name]
     return result
+
+
+def _restart_segment_fraction(trainer) -> float:
+    """Fraction of the last batch's training segments that hold an episode start after their first step."""
+    starts = trainer.experience.segments()[keys.DONES][:, 1:]
+    return float(starts.any(dim=1).float().mean())
 
 
 def _time_env(trainer, actions: np.ndarray) -> float:
