@@ -71,11 +71,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return ``(metadata, payload)``; refuses anything that is not a plain-tensor checkpoint of our format."""
     path = resolve_checkpoint(path)
+    # torch.save writes a zip archive; anything else (a cut-off file, garbage) would reach the legacy pickle path.
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"'{path}' is not a readable checkpoint (truncated or corrupt: not a complete torch archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise UsageError(f"refusing to load '{path}': it holds objects other than tensors ({first[:120]})") from None
+        raise UsageError(f"refusing to load '{path}': it holds objects other than tensors ({_reason(error)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise UsageError(f"'{path}' is not a readable checkpoint (truncated or corrupt: {type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -88,3 +90,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except (KeyError, TypeError, json.JSONDecodeError):
         raise UsageError(f"'{path}' has unreadable metadata") from None
     return metadata, payload
+
+
+def _reason(error: Exception) -> str:
+    """The line of torch's long weights-only message that names what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported" in line or "WeightsUnpickler error" in line]
+    reason = (named or lines or ["unsafe content"])[0]
+    return reason.split(". Please")[0][:160]

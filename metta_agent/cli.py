@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metta_agent.errors import UsageError
+from metta_agent.errors import TrainingError, UsageError
 
 EXIT_USAGE = 2
+EXIT_TRAINING = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train an agent",
         description=(
             "Train an agent with PPO. The run directory receives config.yaml, metrics.jsonl, TensorBoard events,\n"
-            "checkpoints/ and, at the end, curve.png. Ctrl-C saves a checkpoint and exits cleanly.\n"
+            "checkpoints/ and, at the end, curve.png. Ctrl-C saves a checkpoint and exits cleanly; --resume\n"
+            "continues a stopped or killed run from its newest checkpoint.\n"
             "Config precedence: defaults < --config < flags < --set."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key by dotted path, e.g. trainer.bptt_horizon=16 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its newest checkpoint, with its config.yaml "
+                            "(--steps stays the total; --set may change trainer.* keys)")
 
     evaluate = commands.add_parser("eval", help="evaluate a trained agent against a random policy")
     evaluate.add_argument("path", type=Path, help="run directory (newest checkpoint) or checkpoint file")
@@ -108,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_TRAINING
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -139,22 +147,51 @@ def resolve_run_config(args: argparse.Namespace):
     return build_config(layers)
 
 
+def resume_run_config(args: argparse.Namespace):
+    """The saved ``config.yaml`` of ``--run-dir``, with ``--steps`` and ``--set trainer.*`` applied."""
+    from metta_agent.config import build_config, load_yaml, parse_set
+
+    if args.run_dir is None:
+        raise UsageError("--resume needs --run-dir, the directory of the run to continue")
+    for flag in ("agent", "game", "seed", "config"):
+        if getattr(args, flag, None) is not None:
+            raise UsageError(f"--{flag} cannot change a resumed run (it is read from {args.run_dir}/config.yaml)")
+    saved = args.run_dir / "config.yaml"
+    if not saved.is_file():
+        raise UsageError(f"'{args.run_dir}' is not a run directory: it has no config.yaml")
+    overrides = parse_set(args.set)
+    if set(overrides) - {"trainer"}:
+        raise UsageError("with --resume, --set may only change trainer.* keys (the agent and game are fixed)")
+    layers = [load_yaml(saved), overrides]
+    if args.steps is not None:
+        layers.append({"trainer": {"total_agent_steps": args.steps}})
+    return build_config(layers)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
+    from metta_agent.checkpoint import resolve_checkpoint
     from metta_agent.trainer.trainer import Trainer
 
-    config = resolve_run_config(args)
-    run_dir = args.run_dir
-    if run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config.game.name}-{stamp}"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir")
-    trainer = Trainer(config, run_dir, show_progress=not args.quiet)
+    resume_from = None
+    if args.resume:
+        config = resume_run_config(args)
+        run_dir = args.run_dir
+        resume_from = resolve_checkpoint(run_dir)
+    else:
+        config = resolve_run_config(args)
+        run_dir = args.run_dir
+        if run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config.game.name}-{stamp}"
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir or add --resume")
+    trainer = Trainer(config, run_dir, show_progress=not args.quiet, resume_from=resume_from)
     if not args.quiet:
+        start = f"resuming at epoch {trainer.state.epoch} ({trainer.state.agent_steps:,} steps), " if args.resume else ""
         print(
-            f"training {config.agent.name} ({trainer.agent.total_params:,} parameters) on {config.game.name}: "
+            f"{start}training {config.agent.name} ({trainer.agent.total_params:,} parameters) on {config.game.name}: "
             f"{trainer.num_agents} agents, {config.trainer.total_agent_steps:,} steps -> {run_dir}",
             file=sys.stderr,
         )

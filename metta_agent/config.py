@@ -74,6 +74,8 @@ class TrainerSettings:
     max_grad_norm: float = 0.5
     norm_adv: bool = True
     l2_init_loss_coef: float = 0.0
+    max_skipped_updates_in_a_row: int = 5
+    """Updates with a non-finite loss or gradient are skipped; this many in a row stop the run."""
     checkpoint_interval: int = 50
     """Epochs between checkpoints."""
     keep_checkpoints: int = 3
@@ -96,7 +98,8 @@ class RunConfig:
     def validate(self, agents_per_env: int) -> None:
         """Check the batch arithmetic for a game with ``agents_per_env`` agents."""
         t = self.trainer
-        positive = ("num_envs", "batch_size", "minibatch_size", "bptt_horizon", "update_epochs", "checkpoint_interval")
+        positive = ("num_envs", "batch_size", "minibatch_size", "bptt_horizon", "update_epochs", "checkpoint_interval",
+                    "max_skipped_updates_in_a_row")
         for name in positive:
             if getattr(t, name) <= 0:
                 raise UsageError(f"trainer.{name} must be positive, got {getattr(t, name)}")

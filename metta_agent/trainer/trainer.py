@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from tensordict import TensorDict
 from metta_agent import contract as keys
 from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.agent.registry import build_agent
-from metta_agent.checkpoint import checkpoint_path, save_checkpoint
+from metta_agent.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from metta_agent.config import RunConfig
+from metta_agent.errors import TrainingError, UsageError
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
 from metta_agent.games import game_stat_keys, make_game
@@ -37,11 +39,23 @@ from metta_agent.trainer.progress import Progress
 class TrainState:
     epoch: int = 0
     agent_steps: int = 0
+    skipped_updates: int = 0
+    """Optimizer steps skipped over the whole run because the loss or a gradient was not finite."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, run_dir: Path | None = None, show_progress: bool = True):
+    """PPO on one game. ``resume_from`` (a checkpoint file) continues a run: weights, optimizer, schedule,
+    RNG states and the epoch / agent-step counters come from the checkpoint, so the run goes on as if it had
+    not stopped, except that the environments start new episodes (their C++ state is not saved)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path | None = None,
+        show_progress: bool = True,
+        resume_from: Path | None = None,
+    ):
         self.config = config
         cfg = config.trainer
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -50,6 +64,11 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
+        self.state = TrainState()
+        resumed = None
+        if resume_from is not None:
+            resumed = load_checkpoint(resume_from)
+            self.state.epoch, self.state.agent_steps, self.state.skipped_updates = _counters(resumed[0], resume_from)
 
         self.game = make_game(config.game.name, max_steps=config.game.max_steps)
         self.env_info = EnvInfo.from_game(self.game)
@@ -58,7 +77,7 @@ class Trainer:
         self.env = VecEnv(
             self.game,
             num_envs=cfg.num_envs,
-            seed=cfg.seed,
+            seed=env_seed(cfg.seed, self.state.epoch),
             num_workers=cfg.env_workers,
             stat_keys=game_stat_keys(self.game),
         )
@@ -74,11 +93,13 @@ class Trainer:
         self.total_epochs = max(1, math.ceil(cfg.total_agent_steps / cfg.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_epochs))
         self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
-        self.state = TrainState()
+        if resumed is not None:
+            self._restore(*resumed, path=resume_from)
         self.show_progress = show_progress
         self._writer = None
         self._metrics_file = None
         self._stop_requested = False
+        self._skipped_in_a_row = 0
         # The observation and flags the next rollout step acts on.
         self._obs = torch.from_numpy(self.env.reset())
         self._starts = torch.ones(self.num_agents, dtype=torch.bool)
@@ -132,6 +153,7 @@ class Trainer:
             "rollout_seconds": rollout_time,
             "update_seconds": elapsed - rollout_time,
             "world_size": 1,
+            "skipped_updates": self.state.skipped_updates,
             **_summarize_episodes(episode_stats),
             **update_metrics,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -189,6 +211,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 parts.loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                if not (torch.isfinite(parts.loss) and torch.isfinite(grad_norm)):
+                    self._skip_update(float(parts.loss), float(grad_norm))
+                    continue
+                self._skipped_in_a_row = 0
                 self.optimizer.step()
                 self.agent.clip_weights()
                 for name, value in (
@@ -203,11 +229,25 @@ class Trainer:
                 ):
                     totals[name] = totals.get(name, 0.0) + value
                 count += 1
-        metrics = {name: value / count for name, value in totals.items()}
+        metrics = {name: value / count for name, value in totals.items()} if count else {}
         data = self.experience.data
         metrics["explained_variance"] = explained_variance(data[keys.VALUES].flatten(), data[keys.RETURNS].flatten())
         metrics["ratio_dev_before_update"] = ratio_dev_before_update
         return metrics
+
+    def _skip_update(self, loss: float, grad_norm: float) -> None:
+        """Drop this minibatch's step: a non-finite loss or gradient would poison the weights and Adam's moments."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_updates += 1
+        self._skipped_in_a_row += 1
+        limit = self.config.trainer.max_skipped_updates_in_a_row
+        where = f"epoch {self.state.epoch + 1}: loss {loss}, gradient norm {grad_norm}"
+        if self._skipped_in_a_row >= limit:
+            raise TrainingError(
+                f"{self._skipped_in_a_row} updates in a row had a non-finite loss or gradient ({where}); stopping. "
+                "Try a lower trainer.lr or trainer.max_grad_norm, or resume from an earlier checkpoint."
+            )
+        warnings.warn(f"skipped an update with a non-finite loss or gradient ({where})", RuntimeWarning, stacklevel=2)
 
     # ---- logs and checkpoints -----------------------------------------------------------------------------
 
@@ -219,10 +259,15 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        metrics_path = self.run_dir / "metrics.jsonl"
+        # A resumed run repeats the epochs after its checkpoint: drop their old rows so no epoch appears twice.
+        truncate_metrics(metrics_path, self.state.epoch)
+        self._metrics_file = open(metrics_path, "a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        # purge_step makes TensorBoard discard events logged at or after it by the run before the resume.
+        purge_step = self.state.agent_steps + 1 if self.state.epoch > 0 else None
+        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def _close_logs(self) -> None:
         if self._metrics_file is not None:
@@ -248,7 +293,12 @@ class Trainer:
             "agent": self.agent.metadata(),
             "config": self.config.to_dict(),
             "game": self.config.game.name,
-            "trainer": {"epoch": self.state.epoch, "agent_steps": self.state.agent_steps},
+            "trainer": {
+                "epoch": self.state.epoch,
+                "agent_steps": self.state.agent_steps,
+                "skipped_updates": self.state.skipped_updates,
+                "numpy_rng": _numpy_rng_state(),
+            },
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -257,13 +307,84 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.state.epoch)
         if path.exists():
             return path
+        bad = [name for name, value in self.agent.state_dict().items() if value.is_floating_point()
+               and not bool(torch.isfinite(value).all())]
+        if bad:
+            warnings.warn(f"not writing checkpoint {path.name}: non-finite values in {', '.join(bad[:3])}",
+                          RuntimeWarning, stacklevel=2)
+            return None
         tensors = {
             "model": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "minibatch_rng": self.minibatch_generator.get_state(),
         }
         return save_checkpoint(path, self.checkpoint_metadata(), tensors, keep=self.config.trainer.keep_checkpoints)
+
+    def _restore(self, metadata: dict[str, Any], payload: dict[str, Any], path: Path) -> None:
+        """Load weights, optimizer, schedule and RNG states from a checkpoint of this run."""
+        saved_agent = metadata.get("agent", {}).get("settings", {}).get("name")
+        if saved_agent != self.config.agent.name:
+            raise UsageError(f"'{path}' holds a '{saved_agent}' agent, but this run trains '{self.config.agent.name}'")
+        try:
+            self.agent.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            torch.set_rng_state(payload["torch_rng"])
+            self.minibatch_generator.set_state(payload["minibatch_rng"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise UsageError(f"cannot resume from '{path}': {first}") from None
+        numpy_rng = metadata.get("trainer", {}).get("numpy_rng")
+        if numpy_rng is not None:
+            np.random.set_state(_numpy_rng_from_json(numpy_rng))
+
+
+def env_seed(seed: int, epoch: int) -> int:
+    """The environments' seed: the run seed for a fresh run; a resumed run draws new maps, not the first ones."""
+    if epoch == 0:
+        return int(seed)
+    state = np.random.SeedSequence([int(seed), int(epoch), _RESUME_KEY]).generate_state(1, np.uint32)
+    return int(state[0] >> 1)
+
+
+_RESUME_KEY = 0x2E5E
+
+
+def truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Keep only the rows of ``metrics.jsonl`` up to ``last_epoch`` (and drop a torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if isinstance(row, dict) and int(row.get("epoch", 0)) <= last_epoch:
+            kept.append(line)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    temporary.replace(path)
+
+
+def _counters(metadata: dict[str, Any], path: Path) -> tuple[int, int, int]:
+    trainer = metadata.get("trainer", {})
+    try:
+        return int(trainer["epoch"]), int(trainer["agent_steps"]), int(trainer.get("skipped_updates", 0))
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"'{path}' has no trainer counters (epoch, agent_steps): it cannot be resumed") from None
+
+
+def _numpy_rng_state() -> list[Any]:
+    name, keys_, position, has_gauss, cached = np.random.get_state()
+    return [name, keys_.tolist(), int(position), int(has_gauss), float(cached)]
+
+
+def _numpy_rng_from_json(state: list[Any]) -> tuple[Any, ...]:
+    name, keys_, position, has_gauss, cached = state
+    return name, np.asarray(keys_, dtype=np.uint32), position, has_gauss, cached
 
 
 def _summarize_episodes(episodes: list[dict[str, float]]) -> dict[str, Any]:
