@@ -1,6 +1,8 @@
 import math
+import os
 
 import numpy as np
+import pytest
 import torch
 
 from metta_agent import contract as keys
@@ -61,8 +63,10 @@ def test_learning_rate_schedule_is_applied():
     assert multiplier(0) == 1.0 and math.isclose(multiplier(10), 0.1) and 0.1 < multiplier(5) < 1.0
 
 
-def test_training_keeps_ratio_one_with_in_segment_restarts(small_trainer_layers):
-    layers = small_trainer_layers + [{"game": {"max_steps": 40}, "trainer": {"total_agent_steps": 512 * 3}}]
+@pytest.mark.parametrize("agent", ["pytorch/fast", "fast"])
+def test_training_keeps_ratio_one_with_in_segment_restarts(small_trainer_layers, agent):
+    layers = small_trainer_layers + [{"game": {"max_steps": 40}, "trainer": {"total_agent_steps": 512 * 3},
+                                      "agent": {"name": agent}}]
     trainer = Trainer(build_config(layers), run_dir=None, show_progress=False)
     try:
         history = [trainer.run_epoch() for _ in range(3)]
@@ -97,3 +101,28 @@ def test_clip_weights_runs_after_every_optimizer_step(small_trainer_layers, monk
     finally:
         trainer.env.close()
     assert calls["step"] == 2 and calls["clip"] == 2
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux /proc")
+def test_resident_memory_stays_flat_over_a_long_run(small_trainer_layers):
+    """220 epochs with episodes of 40 steps (thousands of restarts): no growth with time or resets."""
+    layers = small_trainer_layers + [{"game": {"max_steps": 40}, "agent": {"analyze_weights_interval": 50}}]
+    trainer = Trainer(build_config(layers), run_dir=None, show_progress=False)
+    try:
+        resident = []
+        for epoch in range(220):
+            metrics = trainer.run_epoch()
+            trainer.state.history.append(metrics)  # as the trainer's own loop keeps them
+            resident.append(_resident_bytes())
+    finally:
+        trainer.env.close()
+    warm = resident[19]  # after 20 epochs: allocator pools and lazily built state are in place
+    growth = max(resident[20:]) / warm - 1
+    print(f"resident memory: {warm / 2**20:.1f} MiB after 20 epochs, {resident[-1] / 2**20:.1f} MiB after 220, "
+          f"largest growth {growth:.2%}")
+    assert growth < 0.05, f"resident memory grew {growth:.1%} after warm-up ({warm / 2**20:.0f} MiB)"
