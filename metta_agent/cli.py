@@ -54,12 +54,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in --run-dir from its newest checkpoint, with its config.yaml "
                             "(--steps stays the total; --set may change trainer.* keys)")
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained agent against a random policy")
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a trained agent against a random policy",
+        description=(
+            "Run the trained agent and, on the same maps and seeds, a uniform-random policy; one episode per env.\n"
+            "On another game (--game) features are matched by name (unknown ones are dropped) and action\n"
+            "embeddings by action name (an action the agent never trained with gets an untrained row)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     evaluate.add_argument("path", type=Path, help="run directory (newest checkpoint) or checkpoint file")
     evaluate.add_argument("--game", help="game to evaluate on (default: the one it was trained on)")
+    evaluate.add_argument("--max-steps", type=int,
+                          help="episode length (default: the training run's for its game, else the game's own)")
+    evaluate.add_argument("--as-agent", metavar="NAME",
+                          help="load the checkpoint as the other form of its architecture (fast <-> pytorch/fast)")
     evaluate.add_argument("--episodes", type=int, default=8, help="episodes per policy (default 8)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed for maps and sampling (default 0)")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--greedy", action="store_true",
+                          help="take the most probable action (default: sample from the policy)")
+    evaluate.add_argument("--replay-dir", type=Path, metavar="DIR",
+                          help="write one MettaScope replay (.json.z) per episode of the trained agent into DIR")
+    evaluate.add_argument("--render", choices=["ascii"],
+                          help="print the map of the agent's first env as its episode runs")
+    evaluate.add_argument("--render-every", type=int, default=1, metavar="K",
+                          help="with --render, draw every K-th step only (default 1)")
+    evaluate.add_argument("--render-fps", type=float, default=10.0,
+                          help="with --render on a terminal, at most this many frames per second (default 10)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object (with --render the frames go to stderr)")
 
     games = commands.add_parser("games", help="list the games")
     games.add_argument("--json", action="store_true", help="print JSON")
@@ -216,17 +240,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.render_every < 1:
+        raise UsageError(f"--render-every must be at least 1, got {args.render_every}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     metadata, _ = load_checkpoint(args.path)
     game_name = args.game or metadata.get("game", "arena")
-    max_steps = None if args.game else metadata.get("config", {}).get("game", {}).get("max_steps")
-    agent = load_agent(args.path)
-    result = {"game": game_name, **evaluate(agent, make_game(game_name, max_steps=max_steps), args.episodes, args.seed)}
+    max_steps = args.max_steps
+    if max_steps is None and game_name == metadata.get("game"):
+        max_steps = metadata.get("config", {}).get("game", {}).get("max_steps")
+    game = make_game(game_name, max_steps=max_steps)
+    agent = load_agent(args.path, as_agent=args.as_agent)
+    observers = []
+    if args.render == "ascii":
+        from metta_agent.render import AsciiRenderer
+
+        observers.append(AsciiRenderer(sys.stderr if args.json else sys.stdout, every=args.render_every,
+                                       fps=args.render_fps))
+    result = {"game": game_name, "agent": agent.settings.name,
+              **evaluate(agent, game, args.episodes, args.seed, greedy=args.greedy, replay_dir=args.replay_dir,
+                         observers=observers)}
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"game {game_name}, {args.episodes} episodes x {result['agents_per_episode']} agents")
-        for name in sorted(k for k in result if k.startswith("mean_")):
-            print(f"  {name.removeprefix('mean_'):<16} trained {result[name]:10.3f}   random {result['random_' + name]:10.3f}")
+        return 0
+    policy = "greedy" if args.greedy else "sampled"
+    print(f"{result['agent']} on {game_name}, {args.episodes} episodes x {result['agents_per_episode']} agents, "
+          f"{policy} actions")
+    if result["dropped_features"]:
+        print(f"  features the agent was not built with (dropped): {', '.join(result['dropped_features'])}")
+    if result["untrained_actions"]:
+        print(f"  actions the agent never trained with (untrained embeddings): "
+              f"{', '.join(result['untrained_actions'])}")
+    for name in sorted(k for k in result if k.startswith("mean_")):
+        print(f"  {name.removeprefix('mean_'):<16} trained {result[name]:10.3f}   random {result['random_' + name]:10.3f}")
+    if "replays" in result:
+        print(f"  {len(result['replays'])} replays written to {args.replay_dir}/ (open them in MettaScope)")
     return 0
 
 

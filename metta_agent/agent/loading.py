@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from metta_agent.agent.metta_agent import MettaAgent
-from metta_agent.agent.registry import build_agent
+from metta_agent.agent.registry import build_agent, pytorch_twin
 from metta_agent.checkpoint import load_checkpoint
 from metta_agent.config import build_config
 from metta_agent.env.info import EnvInfo, Feature
 from metta_agent.errors import UsageError
+from metta_agent.policies.component.graph import shipped_architectures
 
 
 def agent_from_checkpoint(metadata: dict[str, Any], payload: dict[str, Any], path: str | Path) -> MettaAgent:
@@ -45,6 +46,11 @@ def load_agent(path: str | Path, game=None, as_agent: str | None = None) -> Mett
     metadata, payload = load_checkpoint(path)
     agent = agent_from_checkpoint(metadata, payload, path)
     if as_agent is not None and as_agent != agent.settings.name:
+        other = other_form(agent.settings.name)
+        if as_agent != other:
+            choices = f"as '{agent.settings.name}' or '{other}'" if other else f"only as '{agent.settings.name}'"
+            raise UsageError(f"cannot load '{path}' as '{as_agent}': it holds architecture '{agent.settings.name}', "
+                             f"which loads {choices}")
         agent = _as_other_form(agent, as_agent)
     if game is not None:
         from metta_agent.games import make_game
@@ -53,6 +59,18 @@ def load_agent(path: str | Path, game=None, as_agent: str | None = None) -> Mett
         env = EnvInfo.from_game(game_config)
         agent.initialize_to_environment(env.features, env.action_names)
     return agent
+
+
+def other_form(name: str) -> str | None:
+    """The other form of architecture ``name`` (``fast`` <-> ``pytorch/fast``), or None if it has one form.
+
+    Only the two forms of one architecture share a weight layout; any other name would at best fail the
+    weight transfer with a shape error, so it is refused up front with the names that would work.
+    """
+    if name.startswith("pytorch/"):
+        component = name.removeprefix("pytorch/")
+        return component if component in shipped_architectures() else None
+    return pytorch_twin(name)
 
 
 def _as_other_form(agent: MettaAgent, name: str) -> MettaAgent:

@@ -38,6 +38,9 @@ class MettaAgent(nn.Module):
             "feature_remap", torch.full((256,), INVALID_FEATURE, dtype=torch.uint8), persistent=False
         )
         self._remap_needed = False
+        # Evaluation only: act by argmax instead of sampling. Training always samples (PPO needs the
+        # stochastic policy), so this is a plain attribute, not saved in checkpoints.
+        self.greedy = False
         self.initialize_to_environment(env.features, env.action_names)
 
     # ---- environment ------------------------------------------------------------------------------------
@@ -81,7 +84,8 @@ class MettaAgent(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------------
 
     def forward(self, td: TensorDict) -> TensorDict:
-        """Rollout on ``[N]`` (samples ``actions``) or training on ``[B, TT]`` (scores the given ``actions``)."""
+        """Rollout on ``[N]`` (samples ``actions``, or takes the argmax when ``greedy``) or training on
+        ``[B, TT]`` (scores the given ``actions``)."""
         if td.batch_dims == 2:
             batch, bptt = td.batch_size
             flat = td.reshape(batch * bptt)
@@ -104,7 +108,10 @@ class MettaAgent(nn.Module):
         logits, values = self.policy(td)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         if sample:
-            actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+            if self.greedy:
+                actions = log_probs.argmax(-1)
+            else:
+                actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
             td[keys.ACTIONS] = actions
         else:
             actions = td[keys.ACTIONS].long()

@@ -593,6 +593,19 @@ class VecEnv:
         stats, self._pending_stats = self._pending_stats, []
         return stats
 
+    def engine(self, env_index: int) -> MettaGridCpp:
+        """The C++ engine now playing env ``env_index`` (in-process envs only), for readers of the grid such
+        as replay writers and renderers. Auto-reset replaces it when its episode ends, inside :meth:`step`:
+        to read an episode's final state, keep the reference taken before that step."""
+        self._check_open()
+        if self._group is None:
+            raise RuntimeError("engine() needs in-process envs (num_workers=0)")
+        if not self._started:
+            raise RuntimeError("call reset() before engine()")
+        engine = self._group._engines[env_index]
+        assert engine is not None
+        return engine
+
     def close(self) -> None:
         """Stop workers (or close in-process simulations). Safe to call more than once."""
         if self._closed:
