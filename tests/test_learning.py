@@ -14,6 +14,7 @@ def test_default_heart_config_learns_with_a_fixed_seed():
     early = [r for r in returns[1:6] if r is not None]
     late = [r for r in returns[-5:] if r is not None]
     early_mean, late_mean = sum(early) / len(early), sum(late) / len(late)
-    # A uniform-random policy gets about 2.2 hearts per agent per episode on this game; this budget (with its
-    # learning rate decayed over 80 epochs) reached 6.4 from 2.3 when written.
-    assert late_mean > 2 * early_mean and late_mean > 4.5, (early_mean, late_mean, returns)
+    # A uniform-random policy gets about 2.2 hearts per agent per episode on this game. Runs of this budget
+    # (learning rate decayed over 80 epochs) ended between 4.4 and 7.3 from about 2.3, depending on the
+    # thread count's rounding; a policy that does not learn stays near 2.2.
+    assert late_mean > 1.6 * early_mean and late_mean > 3.5, (early_mean, late_mean, returns)
