@@ -19,10 +19,11 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
 
 ``train_sps_no_restarts``
     The same full epochs with in-segment episode restarts ignored in training (each segment runs its LSTM
-    in one piece from its stored state, as the reference did; the importance ratio is then wrong). Measured
-    right after ``train_sps`` in every repeat. ``restart_overhead = 1 - train_sps / train_sps_no_restarts``
-    is what correct restarts cost; ``restart_segment_fraction`` says how many segments held a restart (use
-    short episodes, e.g. ``--set game.max_steps=40``, for a figure that means something).
+    in one piece from its stored state, as the reference did; the importance ratio is then wrong). Its
+    epochs alternate with the ``train_sps`` epochs in every repeat. ``restart_overhead``, the median over
+    repeats of ``1 - train_sps / train_sps_no_restarts``, is what correct restarts cost;
+    ``restart_segment_fraction`` says how many segments held a restart (use short episodes, e.g.
+    ``--set game.max_steps=40``, for a figure that means something).
 
 ``serial_bound = 1 / (1/env_sps + 1/inference_sps + 1/train_step_sps)`` is what an epoch would reach if it
 did nothing but these three pieces one after another; ``bound_ratio = train_sps / serial_bound`` says how
@@ -149,30 +150,30 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
                 twin.update()
             samples["pytorch_train_step_sps"].append(epochs * batch_size / (time.perf_counter() - start))
 
-        # -- full epochs ------------------------------------------------------------------------------------
+        # -- full epochs, alternating with the same epochs with in-segment restarts ignored -------------------
+        # Epoch by epoch, in an order that flips every repeat, so neither variant gets the warmer caches.
+        seconds_by_variant = {True: 0.0, False: 0.0}
         rollout_seconds = update_seconds = 0.0
-        start = time.perf_counter()
-        for _ in range(epochs):
-            metrics = trainer.run_epoch()
-            rollout_seconds += float(metrics.get("rollout_seconds") or 0.0)
-            update_seconds += float(metrics.get("update_seconds") or 0.0)
-        seconds = time.perf_counter() - start
-        samples["train_sps"].append(epochs * batch_size / seconds)
+        order = (True, False) if repeat % 2 == 0 else (False, True)
+        try:
+            for _ in range(epochs):
+                for restarts in order:
+                    trainer.agent.set_reset_inside_segments(restarts)
+                    start = time.perf_counter()
+                    metrics = trainer.run_epoch()
+                    seconds_by_variant[restarts] += time.perf_counter() - start
+                    if restarts:
+                        rollout_seconds += float(metrics.get("rollout_seconds") or 0.0)
+                        update_seconds += float(metrics.get("update_seconds") or 0.0)
+                        samples["restart_segment_fraction"].append(_restart_segment_fraction(trainer))
+        finally:
+            trainer.agent.set_reset_inside_segments(True)
+        samples["train_sps"].append(epochs * batch_size / seconds_by_variant[True])
+        samples["train_sps_no_restarts"].append(epochs * batch_size / seconds_by_variant[False])
         if rollout_seconds > 0:
             samples["rollout_sps"].append(epochs * batch_size / rollout_seconds)
         if update_seconds > 0:
             samples["update_sps"].append(epochs * batch_size / update_seconds)
-        samples["restart_segment_fraction"].append(_restart_segment_fraction(trainer))
-
-        # -- the same full epochs with in-segment restarts ignored (what the reference trainer did) ----------
-        trainer.agent.set_reset_inside_segments(False)
-        try:
-            start = time.perf_counter()
-            for _ in range(epochs):
-                trainer.run_epoch()
-            samples["train_sps_no_restarts"].append(epochs * batch_size / (time.perf_counter() - start))
-        finally:
-            trainer.agent.set_reset_inside_segments(True)
 
         say(
             f"repeat {repeat + 1}/{repeats}: env {samples['env_sps'][-1]:,.0f}  inference "
@@ -202,7 +203,12 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     serial_bound = 1.0 / (1.0 / env_sps + 1.0 / inference_sps + 1.0 / train_step_sps)
     result["serial_bound"] = serial_bound
     result["bound_ratio"] = result["train_sps"] / serial_bound
-    result["restart_overhead"] = 1.0 - result["train_sps"] / result["train_sps_no_restarts"]
+    # Paired per repeat (both variants ran alternately within it), then the median: steadier than a ratio
+    # of two medians when background load changes between repeats.
+    result["restart_overhead"] = float(statistics.median(
+        1.0 - with_restarts / without
+        for with_restarts, without in zip(samples["train_sps"], samples["train_sps_no_restarts"])
+    ))
     if twin is not None:
         result["pytorch_agent"] = twin.config.agent.name
         result["pytorch_inference_ratio"] = result["pytorch_inference_sps"] / result["inference_sps"]

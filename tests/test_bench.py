@@ -43,6 +43,7 @@ def test_bound_follows_formulas(tiny_result):
     assert result["serial_bound"] == pytest.approx(expected_bound, rel=1e-12)
     assert result["bound_ratio"] == pytest.approx(result["train_sps"] / expected_bound, rel=1e-12)
     assert result["train_sps_no_restarts"] > 0 and 0 <= result["restart_segment_fraction"] <= 1
+    # One repeat: the median of one paired ratio is that ratio.
     assert result["restart_overhead"] == pytest.approx(1 - result["train_sps"] / result["train_sps_no_restarts"])
     # The bound can never exceed the slowest piece.
     assert result["serial_bound"] < min(result["env_sps"], result["inference_sps"], result["train_step_sps"])
