@@ -303,3 +303,45 @@ def test_usage_errors():
         VecEnv(small_game(), 0)
     with pytest.raises(ValueError):
         VecEnv(small_game(), 2, seed=-1)
+
+
+def test_first_env_index_plays_the_envs_of_a_larger_batch():
+    """Rank 1 of 2 (first_env_index 3) plays exactly envs 3..5 of one 6-env batch: same maps, same cut-offs."""
+    game = small_game(max_steps=7)
+    with VecEnv(game, 6, seed=5, stat_keys=STAT_KEYS) as whole:
+        acts = random_actions(whole, 20)
+        steps_whole, _ = rollout(whole, acts)
+    with VecEnv(game, 3, seed=5, stat_keys=STAT_KEYS, first_env_index=3, num_workers=2) as upper:
+        steps_upper, _ = rollout(upper, acts[:, 3 * A:])
+    rows = slice(3 * A, 6 * A)
+    for t, (s_whole, s_upper) in enumerate(zip(steps_whole, steps_upper)):
+        for x_whole, x_upper in zip(s_whole, s_upper):
+            assert np.array_equal(x_whole[rows], x_upper), f"step {t} differs"
+
+
+def test_worker_groups_step_asynchronously_like_step():
+    """Stepping two worker groups one after the other (double buffering) gives what step() gives."""
+    game = small_game(max_steps=9)
+    with VecEnv(game, 4, seed=3, stat_keys=STAT_KEYS) as v:
+        acts = random_actions(v, 30)
+        serial = rollout(v, acts)
+    with VecEnv(game, 4, seed=3, num_workers=2, stat_keys=STAT_KEYS) as v:
+        groups = v.worker_row_groups(2)
+        assert groups == [slice(0, 2 * A), slice(2 * A, 4 * A)]
+        out, stats = [(v.reset().copy(),)], []
+        for a in acts:
+            for rows in groups:
+                v.step_async(a[rows], rows)
+            step = [np.concatenate([x.copy() for x in parts]) for parts in zip(*(v.step_wait(r) for r in groups))]
+            out.append(tuple(step))
+            stats.extend(v.pop_episode_stats())
+        with pytest.raises(RuntimeError, match="step_async"):
+            v.step_wait(groups[0])
+        v.step_async(acts[0][groups[0]], groups[0])
+        with pytest.raises(RuntimeError, match="still stepping"):
+            v.step_async(acts[0][groups[0]], groups[0])
+        with pytest.raises(ValueError, match="whole workers"):
+            v.step_async(acts[0][:A], slice(0, A))
+        v.reset()  # finishes the step in flight first
+    assert len(serial[1]) > 0
+    assert_same_rollouts(serial, (out, stats))

@@ -29,6 +29,13 @@ groups, each stepped by its own process; the batch arrays then live in a shared 
 write observations directly into the arrays the caller reads. The C++ step holds the GIL, so threads would
 not help. Commands and finished-episode statistics travel over one pipe per worker. Workers die with their
 parent (``PR_SET_PDEATHSIG`` on Linux, and end-of-file on their pipe) and are joined by :meth:`VecEnv.close`.
+
+Asynchronous steps
+------------------
+:meth:`VecEnv.step_async` starts a step of some rows' envs and returns at once; :meth:`VecEnv.step_wait`
+waits for it. With workers, ``rows`` may be one of :meth:`VecEnv.worker_row_groups`, so the caller can
+compute actions for one group while the other group's workers step (double buffering). Without workers
+``step_async`` steps every env before it returns.
 """
 
 from __future__ import annotations
@@ -102,7 +109,7 @@ class _EnvGroup:
         # Private copy: the map builder's seed is set per episode (read only while a Simulation is built).
         self._game = game.model_copy(deep=True)
         self._seedable_map = hasattr(self._game.game.map_builder, "seed")
-        self._env_indices = [int(e) for e in env_indices]
+        self._env_indices = [int(e) for e in env_indices]  # global indices: they pick seeds and cut-offs
         self._seed = int(seed)
         self._stagger = bool(stagger)
         self._stat_items = list(stat_keys.items())
@@ -314,6 +321,7 @@ def _worker_main(
     game: MettaGridConfig,
     env_lo: int,
     env_hi: int,
+    first_env_index: int,
     seed: int,
     stagger: bool,
     stat_keys: dict[str, str],
@@ -330,7 +338,7 @@ def _worker_main(
             os.close(fd)
         arr = _views(buf, layout)
         A = int(game.game.num_agents)
-        rows = slice(env_lo * A, env_hi * A)
+        rows = slice((env_lo - first_env_index) * A, (env_hi - first_env_index) * A)
         group = _EnvGroup(
             game,
             range(env_lo, env_hi),
@@ -386,6 +394,9 @@ class VecEnv:
         stat_keys: ``{metric: engine per-agent stat name}`` added to every finished agent-episode's stats.
         start_method: multiprocessing start method for workers (default ``"fork"`` where available:
             workers only run mettagrid, never torch; ``"spawn"`` works too, at ~1 s start-up per worker).
+        first_env_index: global index of this batch's first env, for seeds and cut-offs. Data-parallel
+            rank ``r`` passes ``r * num_envs``, so the ranks together play the envs one process with
+            ``world_size * num_envs`` envs would play, and no two ranks play the same maps.
 
     The arrays returned by :meth:`reset` and :meth:`step` are views of internal buffers that the next
     ``step``/``reset`` overwrites (in worker mode they live in shared memory): copy what you keep.
@@ -400,6 +411,7 @@ class VecEnv:
         stagger_first_episodes: bool = True,
         stat_keys: dict[str, str] | None = None,
         start_method: str | None = None,
+        first_env_index: int = 0,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -407,6 +419,8 @@ class VecEnv:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if first_env_index < 0:
+            raise ValueError(f"first_env_index must be >= 0, got {first_env_index}")
         self._closed = True  # until fully built, so __del__/close() of a half-built object are safe
         self._procs: list[Any] = []
         self._conns: list[Any] = []
@@ -430,8 +444,13 @@ class VecEnv:
         self.stat_keys: dict[str, str] = dict(stat_keys or {})
         self.num_workers = min(int(num_workers), self.num_envs)
         self._stagger = bool(stagger_first_episodes)
+        self.first_env_index = int(first_env_index)
         self._pending_stats: list[dict[str, float]] = []
         self._started = False
+        # Envs of each worker ([lo, hi) local indices) and the workers stepping now (sent, not yet waited for).
+        self._worker_bounds: list[int] = [0, self.num_envs]
+        self._in_flight: set[int] = set()
+        self._serial_in_flight = False
 
         n = self.num_agents
         if self.num_workers == 0:
@@ -442,7 +461,7 @@ class VecEnv:
             self._actions = np.zeros(n, dtype=dtype_actions)
             self._group = _EnvGroup(
                 game,
-                range(self.num_envs),
+                range(self.first_env_index, self.first_env_index + self.num_envs),
                 self.seed,
                 self._stagger,
                 self.stat_keys,
@@ -476,6 +495,7 @@ class VecEnv:
             self._obs, self._rewards = arr["obs"], arr["rewards"]
             self._terminals, self._truncations, self._actions = arr["terminals"], arr["truncations"], arr["actions"]
             bounds = np.linspace(0, self.num_envs, self.num_workers + 1).round().astype(int).tolist()
+            self._worker_bounds = bounds
             fork = start_method == "fork"
             for w in range(self.num_workers):
                 parent_conn, child_conn = ctx.Pipe(duplex=True)
@@ -490,8 +510,9 @@ class VecEnv:
                         size,
                         layout,
                         game,
-                        bounds[w],
-                        bounds[w + 1],
+                        self.first_env_index + bounds[w],
+                        self.first_env_index + bounds[w + 1],
+                        self.first_env_index,
                         self.seed,
                         self._stagger,
                         self.stat_keys,
@@ -530,14 +551,22 @@ class VecEnv:
             raise RuntimeError(f"VecEnv worker {w} died (exit code {code})") from exc
 
     def _broadcast(self, cmd: bytes) -> None:
-        for w, conn in enumerate(self._conns):
+        workers = range(len(self._conns))
+        self._send(cmd, workers)
+        self._collect(workers)
+
+    def _send(self, cmd: bytes, workers: Sequence[int]) -> None:
+        for w in workers:
             try:
-                conn.send_bytes(cmd)
+                self._conns[w].send_bytes(cmd)
             except (BrokenPipeError, OSError) as exc:
                 self.close()
                 raise RuntimeError(f"VecEnv worker {w} died") from exc
+
+    def _collect(self, workers: Sequence[int]) -> None:
+        """Wait for each worker's reply; keep its finished-episode stats, raise its error."""
         errors = []
-        for w in range(len(self._conns)):
+        for w in workers:
             msg = self._recv(w)
             if not msg:
                 continue
@@ -555,6 +584,10 @@ class VecEnv:
 
         Calling it again restarts the run from scratch (same seeds, same staggered cut-offs)."""
         self._check_open()
+        if self._in_flight:  # a step still running: let it finish, then forget it
+            self._collect(sorted(self._in_flight))
+            self._in_flight.clear()
+        self._serial_in_flight = False
         self._pending_stats.clear()
         if self._group is not None:
             self._group.reset()
@@ -570,21 +603,80 @@ class VecEnv:
         Where an env's episode ended on this step, rewards and flags are those of the final step and obs is
         already the first observation of the env's next episode. The arrays are internal buffers that the
         next call overwrites."""
+        rows = slice(0, self.num_agents)
+        self.step_async(actions, rows)
+        return self.step_wait(rows)
+
+    def worker_row_groups(self, count: int) -> list[slice]:
+        """Split the workers into ``count`` contiguous groups; returns each group's agent rows.
+
+        Each group can be stepped with :meth:`step_async` while the caller works on another one."""
+        if not 1 <= count <= max(self.num_workers, 1):
+            raise ValueError(f"cannot split {self.num_workers} workers into {count} groups")
+        if self.num_workers == 0:
+            return [slice(0, self.num_agents)]
+        cut = np.linspace(0, self.num_workers, count + 1).round().astype(int).tolist()
+        A = self.agents_per_env
+        return [slice(self._worker_bounds[lo] * A, self._worker_bounds[hi] * A) for lo, hi in zip(cut[:-1], cut[1:])]
+
+    def step_async(self, actions: np.ndarray, rows: slice | None = None) -> None:
+        """Write ``actions`` for ``rows`` (all rows by default) and start stepping their envs.
+
+        With workers ``rows`` must cover whole workers (see :meth:`worker_row_groups`) and the call returns
+        at once; without workers it steps every env (``rows`` must then be all rows) before returning."""
         self._check_open()
         if not self._started:
             raise RuntimeError("call reset() before step()")
+        rows = slice(0, self.num_agents) if rows is None else rows
+        workers = self._workers_of(rows)
         actions = np.asarray(actions)
-        if actions.shape != (self.num_agents,):
-            raise ValueError(f"expected actions of shape ({self.num_agents},), got {actions.shape}")
+        if actions.shape != (rows.stop - rows.start,):
+            raise ValueError(f"expected actions of shape ({rows.stop - rows.start},), got {actions.shape}")
         # Out-of-range actions are the engine's business: it counts them as invalid and does nothing.
-        np.copyto(self._actions, actions, casting="unsafe")
+        np.copyto(self._actions[rows], actions, casting="unsafe")
         if self._group is not None:
             stats = self._group.step()
             if stats:
                 self._pending_stats.extend(stats)
+            self._serial_in_flight = True
         else:
-            self._broadcast(b"S")
-        return self._obs, self._rewards, self._terminals, self._truncations
+            busy = self._in_flight.intersection(workers)
+            if busy:
+                raise RuntimeError(f"workers {sorted(busy)} are still stepping: call step_wait() first")
+            self._send(b"S", workers)
+            self._in_flight.update(workers)
+
+    def step_wait(self, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Wait for the step :meth:`step_async` started on ``rows``; returns those rows' arrays (see :meth:`step`)."""
+        self._check_open()
+        rows = slice(0, self.num_agents) if rows is None else rows
+        workers = self._workers_of(rows)
+        if self._group is not None:
+            if not self._serial_in_flight:
+                raise RuntimeError("step_wait() without step_async()")
+            self._serial_in_flight = False
+        else:
+            if not self._in_flight.issuperset(workers):
+                raise RuntimeError("step_wait() on rows that step_async() did not start")
+            self._in_flight.difference_update(workers)
+            self._collect(workers)
+        if (rows.start, rows.stop) == (0, self.num_agents):  # the buffers themselves (zero copy, same objects)
+            return self._obs, self._rewards, self._terminals, self._truncations
+        return self._obs[rows], self._rewards[rows], self._terminals[rows], self._truncations[rows]
+
+    def _workers_of(self, rows: slice) -> list[int]:
+        """The workers whose envs are exactly ``rows`` (all rows when there are no workers)."""
+        A = self.agents_per_env
+        if rows.step not in (None, 1) or rows.start is None or rows.stop is None:
+            raise ValueError(f"rows must be a contiguous slice with start and stop, got {rows}")
+        if self._group is not None:
+            if (rows.start, rows.stop) != (0, self.num_agents):
+                raise ValueError("without workers every env steps together: rows must be all rows")
+            return []
+        bounds = [b * A for b in self._worker_bounds]
+        if rows.start not in bounds or rows.stop not in bounds or rows.start >= rows.stop:
+            raise ValueError(f"rows {rows.start}:{rows.stop} do not cover whole workers (boundaries {bounds})")
+        return list(range(bounds.index(rows.start), bounds.index(rows.stop)))
 
     def pop_episode_stats(self) -> list[dict[str, float]]:
         """One dict per agent-episode finished since the last call, in env/agent order of finishing:
