@@ -37,9 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Train an agent with PPO. The run directory receives config.yaml, metrics.jsonl, TensorBoard events,\n"
             "checkpoints/ and, at the end, curve.png. Ctrl-C saves a checkpoint and exits cleanly; --resume\n"
             "continues a stopped or killed run from its newest checkpoint.\n"
-            "Config precedence: defaults < --config < flags < --set."
+            "Config precedence: defaults < --config < flags < --set.\n"
+            "--nproc-per-node K runs K data-parallel ranks through torchrun (gloo on CPU, NCCL on CUDA);\n"
+            "trainer.batch_size is per rank, --steps and SPS count all ranks, rank 0 logs and checkpoints."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # the launcher removes its own options from the ranks' command line by exact name
     )
     train.add_argument("--agent", help="architecture (default pytorch/fast; see 'metta-agent agents')")
     train.add_argument("--game", help="game (default arena; see 'metta-agent games')")
@@ -53,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --run-dir from its newest checkpoint, with its config.yaml "
                             "(--steps stays the total; --set may change trainer.* keys)")
+    train.add_argument("--device", help="cpu (default), cuda (each rank its local GPU) or cuda:N")
+    ranks = train.add_argument_group("data-parallel ranks (torchrun)")
+    ranks.add_argument("--nproc-per-node", type=int, default=1, metavar="K",
+                       help="ranks on this node (default 1: train in this process)")
+    ranks.add_argument("--nnodes", type=int, default=1, metavar="N", help="nodes (default 1)")
+    ranks.add_argument("--node-rank", type=int, default=0, metavar="R", help="this node's index, 0..N-1")
+    ranks.add_argument("--master-addr", help="address of node 0 (several nodes)")
+    ranks.add_argument("--master-port", type=int, help="port on node 0 (several nodes)")
 
     evaluate = commands.add_parser(
         "eval",
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
@@ -166,6 +178,8 @@ def resolve_run_config(args: argparse.Namespace):
         flags.setdefault("trainer", {})["total_agent_steps"] = args.steps
     if getattr(args, "seed", None) is not None:
         flags.setdefault("trainer", {})["seed"] = args.seed
+    if getattr(args, "device", None) is not None:
+        flags.setdefault("trainer", {})["device"] = args.device
     layers.append(flags)
     layers.append(parse_set(args.set))
     return build_config(layers)
@@ -189,6 +203,8 @@ def resume_run_config(args: argparse.Namespace):
     layers = [load_yaml(saved), overrides]
     if args.steps is not None:
         layers.append({"trainer": {"total_agent_steps": args.steps}})
+    if getattr(args, "device", None) is not None:
+        layers.append({"trainer": {"device": args.device}})
     return build_config(layers)
 
 
@@ -196,8 +212,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from metta_agent.checkpoint import resolve_checkpoint
-    from metta_agent.trainer.trainer import Trainer
+    from metta_agent.trainer import distributed
 
+    _check_launcher_args(args)
     resume_from = None
     if args.resume:
         config = resume_run_config(args)
@@ -209,17 +226,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config.game.name}-{stamp}"
-        if run_dir.exists() and any(run_dir.iterdir()):
+    if not distributed.launched_by_torchrun() and (args.nproc_per_node > 1 or args.nnodes > 1):
+        return _launch_ranks(args, config, run_dir)
+
+    from metta_agent.trainer.trainer import Trainer
+
+    with distributed.process_group(config.trainer.device) as world:
+        # Under torchrun the launcher (or rank 0) checked the run directory; other ranks write nothing there.
+        if not args.resume and world.is_main and run_dir.exists() and any(run_dir.iterdir()):
             raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir or add --resume")
-    trainer = Trainer(config, run_dir, show_progress=not args.quiet, resume_from=resume_from)
-    if not args.quiet:
-        start = f"resuming at epoch {trainer.state.epoch} ({trainer.state.agent_steps:,} steps), " if args.resume else ""
-        print(
-            f"{start}training {config.agent.name} ({trainer.agent.total_params:,} parameters) on {config.game.name}: "
-            f"{trainer.num_agents} agents, {config.trainer.total_agent_steps:,} steps -> {run_dir}",
-            file=sys.stderr,
-        )
-    state = trainer.train()
+        trainer = Trainer(config, run_dir, show_progress=not args.quiet, resume_from=resume_from)
+        if not args.quiet and world.is_main:
+            start = f"resuming at epoch {trainer.state.epoch} ({trainer.state.agent_steps:,} steps), " if args.resume else ""
+            ranks = f" x {world.world_size} ranks" if world.distributed else ""
+            print(
+                f"{start}training {config.agent.name} ({trainer.agent.total_params:,} parameters) on "
+                f"{config.game.name}: {trainer.num_agents} agents{ranks}, {config.trainer.total_agent_steps:,} steps "
+                f"-> {run_dir}",
+                file=sys.stderr,
+            )
+        state = trainer.train()
+    if not world.is_main:
+        return 0
     last = state.history[-1] if state.history else {}
     summary = {
         "run_dir": str(run_dir),
@@ -227,9 +255,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         "agent_steps": state.agent_steps,
         "episode_return": last.get("episode_return"),
         "sps": last.get("sps"),
+        "world_size": world.world_size,
     }
     print(json.dumps(summary))
     return 0
+
+
+# Options of the launcher itself: not passed on to the ranks (the run directory is, resolved).
+_LAUNCHER_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run-dir")
+
+
+def _check_launcher_args(args: argparse.Namespace) -> None:
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.nnodes < 1:
+        raise UsageError(f"--nnodes must be at least 1, got {args.nnodes}")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise UsageError(f"--node-rank must be in 0..{args.nnodes - 1} (--nnodes {args.nnodes}), got {args.node_rank}")
+    if args.nnodes > 1 and args.master_addr is None:
+        raise UsageError("--nnodes > 1 needs --master-addr (the address of node 0), as torchrun does")
+
+
+def _launch_ranks(args: argparse.Namespace, config, run_dir: Path) -> int:
+    """Re-run this command under torchrun, one process per rank, after checking what a rank would reject."""
+    from metta_agent.env.info import EnvInfo
+    from metta_agent.games import make_game
+    from metta_agent.trainer import distributed
+
+    config.validate(EnvInfo.from_game(make_game(config.game.name, max_steps=config.game.max_steps)).num_agents)
+    distributed.resolve_device(config.trainer.device, distributed.World())
+    if not args.resume and args.node_rank == 0 and run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir or add --resume")
+    child_args = [*_without_options(args.argv, _LAUNCHER_OPTIONS), "--run-dir", str(run_dir)]
+    command = distributed.torchrun_command(
+        child_args, args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port
+    )
+    if not args.quiet:
+        print(f"launching {args.nproc_per_node * args.nnodes} ranks: {' '.join(command)}", file=sys.stderr)
+    return distributed.launch(command, args.nproc_per_node)
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--name value`` or ``--name=value``)."""
+    kept: list[str] = []
+    skip_value = False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        name, has_value, _ = token.partition("=")
+        if name in names:
+            skip_value = not has_value
+            continue
+        kept.append(token)
+    return kept
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

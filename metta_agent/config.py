@@ -51,7 +51,7 @@ class TrainerSettings:
     env_workers: int = 0
     """Worker processes stepping the environments; 0 steps them in the trainer's process."""
     batch_size: int = 12288
-    """Agent steps per epoch: a multiple of (agents x bptt_horizon)."""
+    """Agent steps per epoch *per rank*: a multiple of (agents x bptt_horizon); an epoch is world_size x this."""
     minibatch_size: int = 3072
     """Agent steps per optimizer step: a multiple of bptt_horizon dividing batch_size."""
     bptt_horizon: int = 64
@@ -82,8 +82,18 @@ class TrainerSettings:
     """How many checkpoints to keep."""
     seed: int = 0
     device: str = "cpu"
+    """``cpu``, or ``cuda`` (each rank its local GPU) / ``cuda:N``: where the policy and the update run."""
     torch_threads: int = 0
-    """Intra-op threads for torch; 0 lets torch decide."""
+    """Intra-op threads for torch; 0 lets torch decide (with several ranks: an equal share of the cores)."""
+    compile: bool = False
+    """torch.compile the policy's encoder and heads; the LSTM core stays eager."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: ``inductor`` generates kernels; ``aot_eager`` compiles fast (for tests)."""
+    compile_mode: str = "default"
+    """torch.compile mode for inductor: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs."""
+    overlap: bool = False
+    """Double-buffered rollout: the policy acts for one half of the envs while workers step the other half
+    (needs env_workers >= 2)."""
 
 
 @dataclass
@@ -127,6 +137,14 @@ class RunConfig:
             raise UsageError(f"trainer.lr_schedule must be constant, linear or cosine, got '{t.lr_schedule}'")
         if t.keep_checkpoints < 1:
             raise UsageError(f"trainer.keep_checkpoints must be at least 1, got {t.keep_checkpoints}")
+        if t.overlap and (t.env_workers < 2 or t.num_envs < 2):
+            raise UsageError(
+                f"trainer.overlap steps two halves of the envs in worker processes: it needs trainer.env_workers >= 2 "
+                f"and trainer.num_envs >= 2, got env_workers {t.env_workers}, num_envs {t.num_envs}"
+            )
+        compile_modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if t.compile_mode not in compile_modes:
+            raise UsageError(f"trainer.compile_mode must be one of {', '.join(compile_modes)}, got '{t.compile_mode}'")
 
 
 # Game-specific defaults: a 24-agent arena and a 4-agent heart game need different batch geometry.

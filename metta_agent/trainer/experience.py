@@ -68,14 +68,14 @@ class Experience:
         # Whether the observation *after* step t starts a new episode (terminal or truncated).
         self.next_starts = zeros(dtype=torch.bool)
 
-    def store(self, t: int, step: TensorDict) -> None:
-        """Record the policy's inputs and outputs of rollout step ``t`` (all agents)."""
+    def store(self, t: int, step: TensorDict, rows: slice = slice(None)) -> None:
+        """Record the policy's inputs and outputs of rollout step ``t`` for agent ``rows`` (all by default)."""
         for key in STEP_KEYS:
-            self.data[key][:, t].copy_(step[key])
+            self.data[key][rows, t].copy_(step[key])
 
-    def store_outcome(self, t: int, rewards: torch.Tensor, next_starts: torch.Tensor) -> None:
-        self.data[keys.REWARDS][:, t].copy_(rewards)
-        self.next_starts[:, t].copy_(next_starts)
+    def store_outcome(self, t: int, rewards: torch.Tensor, next_starts: torch.Tensor, rows: slice = slice(None)) -> None:
+        self.data[keys.REWARDS][rows, t].copy_(rewards)
+        self.next_starts[rows, t].copy_(next_starts)
 
     def compute_advantages(self, bootstrap_values: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         """GAE over each agent's whole rollout; the last step bootstraps from the next observation's value."""

@@ -25,13 +25,16 @@ class LossParts:
     l2_init_loss: float
 
 
-def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings) -> LossParts:
-    """Re-score the minibatch's stored actions with the current weights and build the clipped PPO loss."""
+def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings, forward=None) -> LossParts:
+    """Re-score the minibatch's stored actions with the current weights and build the clipped PPO loss.
+
+    ``forward`` scores the minibatch (default: ``agent``); data-parallel training passes the agent's DDP
+    wrapper, whose backward averages the gradients over the ranks."""
     old_log_prob = minibatch[keys.ACT_LOG_PROB].clone()
     old_values = minibatch[keys.VALUES].clone()
     returns = minibatch[keys.RETURNS]
     advantages = minibatch[keys.ADVANTAGES]
-    scored = agent(minibatch.select(keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS, keys.ACTIONS, keys.LSTM_H,
+    scored = (forward or agent)(minibatch.select(keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS, keys.ACTIONS, keys.LSTM_H,
                                     keys.LSTM_C, strict=False))
     log_ratio = scored[keys.ACT_LOG_PROB] - old_log_prob
     ratio = log_ratio.exp()

@@ -3,6 +3,9 @@
 The rollout keeps recurrent state per agent inside the policy's core (keyed by ``training_env_ids``); the
 experience buffer keeps the state each step started from, so every training segment starts where the
 rollout was, and resets inside segments reproduce the rollout's resets (SPEC section 7).
+
+Under torchrun every rank runs this same loop on its own envs (``trainer/distributed.py``): the update's
+forward goes through DDP, so gradients are averaged; counts and SPS are over all ranks; rank 0 logs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from metta_agent.errors import TrainingError, UsageError
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
 from metta_agent.games import game_stat_keys, make_game
+from metta_agent.trainer import distributed
 from metta_agent.trainer.experience import Experience
 from metta_agent.trainer.ppo import explained_variance, lr_lambda, ppo_loss
 from metta_agent.trainer.progress import Progress
@@ -59,10 +63,12 @@ class Trainer:
         self.config = config
         cfg = config.trainer
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.device = torch.device(cfg.device)
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
-        torch.manual_seed(cfg.seed)
+        self.world = distributed.current_world()
+        self.device = distributed.resolve_device(cfg.device, self.world)
+        threads = cfg.torch_threads or (distributed.default_torch_threads(self.world) if self.world.distributed else 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights, clip bounds, L2 anchors
         np.random.seed(cfg.seed)
         self.state = TrainState()
         resumed = None
@@ -74,14 +80,27 @@ class Trainer:
         self.env_info = EnvInfo.from_game(self.game)
         config.validate(self.env_info.num_agents)
         self.agent: MettaAgent = build_agent(config.agent, self.env_info).to(self.device)
+        if cfg.compile:
+            from metta_agent.trainer.compiled import compile_policy
+
+            compile_policy(self.agent, cfg.compile_backend, cfg.compile_mode)
+        # What the update calls: the agent, or its DDP wrapper (gradients averaged over ranks). The rollout
+        # calls the agent itself: no gradients there.
+        self.train_forward = distributed.wrap_for_training(self.agent, self.device, self.world)
+        if self.world.distributed:
+            torch.manual_seed(cfg.seed + self.world.rank)  # each rank samples its own actions
         self.env = VecEnv(
             self.game,
             num_envs=cfg.num_envs,
             seed=env_seed(cfg.seed, self.state.epoch),
             num_workers=cfg.env_workers,
             stat_keys=game_stat_keys(self.game),
+            first_env_index=self.world.rank * cfg.num_envs,
         )
         self.num_agents = self.env.num_agents
+        # Agent rows stepped together: all of them, or two halves of the workers when overlapping.
+        self.row_groups = self.env.worker_row_groups(2) if cfg.overlap else [slice(0, self.num_agents)]
+        self.steps_per_epoch = cfg.batch_size * self.world.world_size
         self.rollout_steps = cfg.batch_size // self.num_agents
         self.experience = Experience(
             self.num_agents, self.rollout_steps, cfg.bptt_horizon, self.env.obs_shape, self.agent.lstm_shape,
@@ -90,11 +109,16 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.agent.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
         )
-        self.total_epochs = max(1, math.ceil(cfg.total_agent_steps / cfg.batch_size))
+        self.total_epochs = max(1, math.ceil(cfg.total_agent_steps / self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_epochs))
-        self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
+        self.minibatch_generator = torch.Generator().manual_seed(cfg.seed + self.world.rank)
         if resumed is not None:
             self._restore(*resumed, path=resume_from)
+            if self.world.distributed:
+                # The checkpoint holds rank 0's random streams only: give each rank its own again.
+                rank_seed = int(np.random.SeedSequence([cfg.seed, self.world.rank, self.state.epoch]).generate_state(1)[0])
+                torch.manual_seed(rank_seed)
+                self.minibatch_generator.manual_seed(rank_seed)
         self.show_progress = show_progress
         self._writer = None
         self._metrics_file = None
@@ -105,19 +129,21 @@ class Trainer:
         self._starts = torch.ones(self.num_agents, dtype=torch.bool)
         self._truncated = torch.zeros(self.num_agents, dtype=torch.bool)
         self._agent_ids = torch.arange(self.num_agents, device=self.device)
+        # Page-locked staging for observations bound for a GPU: one asynchronous copy per step.
+        self._pinned_obs = torch.empty_like(self._obs).pin_memory() if self.device.type == "cuda" else None
 
     # ---- main loop ----------------------------------------------------------------------------------------
 
     def train(self) -> TrainState:
         cfg = self.config.trainer
         self._open_logs()
-        progress = Progress(cfg.total_agent_steps, enabled=self.show_progress)
+        progress = Progress(cfg.total_agent_steps, enabled=self.show_progress and self.world.is_main)
         previous_handler = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._request_stop)
         try:
             with progress:
                 progress.update(self.state.agent_steps, None)
-                while self.state.agent_steps < cfg.total_agent_steps and not self._stop_requested:
+                while self.state.agent_steps < cfg.total_agent_steps and not self._stop_agreed():
                     metrics = self.run_epoch()
                     self._log(metrics)
                     progress.update(self.state.agent_steps, metrics)
@@ -130,7 +156,7 @@ class Trainer:
             signal.signal(signal.SIGINT, previous_handler)
             self._close_logs()
             self.env.close()
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.world.is_main:
             from metta_agent.plot import plot_learning_curve
 
             plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
@@ -144,20 +170,22 @@ class Trainer:
         update_metrics = self.update()
         self.scheduler.step()
         self.state.epoch += 1
-        self.state.agent_steps += self.config.trainer.batch_size
+        self.state.agent_steps += self.steps_per_epoch
         elapsed = time.perf_counter() - epoch_start
         metrics: dict[str, Any] = {
             "epoch": self.state.epoch,
             "agent_steps": self.state.agent_steps,
-            "sps": self.config.trainer.batch_size / elapsed,
+            "sps": self.steps_per_epoch / elapsed,
             "rollout_seconds": rollout_time,
             "update_seconds": elapsed - rollout_time,
-            "world_size": 1,
+            "world_size": self.world.world_size,
             "skipped_updates": self.state.skipped_updates,
-            **_summarize_episodes(episode_stats),
+            **_summarize_episodes(distributed.gather_lists(episode_stats, self.world)),
             **update_metrics,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if self.world.distributed:
+            metrics["replica_divergence"] = distributed.replica_divergence(self.agent, self.world)
         interval = self.config.agent.analyze_weights_interval
         if interval > 0 and self.state.epoch % interval == 0:
             metrics.update(self.agent.compute_weight_metrics())
@@ -167,15 +195,18 @@ class Trainer:
 
     @torch.inference_mode()
     def rollout(self) -> list[dict[str, float]]:
+        """``rollout_steps`` steps of every agent. With ``trainer.overlap`` the rows form two groups: while the
+        policy acts for one group, the other group's workers step its envs (double buffering)."""
         experience = self.experience
         for t in range(self.rollout_steps):
-            step = self._policy_step(self._obs, self._starts, self._truncated)
-            experience.store(t, step)
-            obs, rewards, terminals, truncations = self.env.step(step[keys.ACTIONS].cpu().numpy())
-            self._obs = torch.from_numpy(obs)
-            self._truncated = torch.from_numpy(truncations)
-            self._starts = torch.from_numpy(terminals) | self._truncated
-            experience.store_outcome(t, torch.from_numpy(rewards).to(self.device), self._starts.to(self.device))
+            for rows in self.row_groups:
+                if t > 0:
+                    self._receive_env_step(t - 1, rows)
+                step = self._policy_step(self._obs[rows], self._starts[rows], self._truncated[rows], rows)
+                experience.store(t, step, rows)
+                self.env.step_async(step[keys.ACTIONS].cpu().numpy(), rows)
+        for rows in self.row_groups:
+            self._receive_env_step(self.rollout_steps - 1, rows)
         # Bootstrap from the next observation without advancing the agents' memory.
         with self.agent.memory_frozen():
             bootstrap = self._policy_step(self._obs, self._starts, self._truncated)[keys.VALUES]
@@ -183,17 +214,39 @@ class Trainer:
         experience.compute_advantages(bootstrap, cfg.gamma, cfg.gae_lambda)
         return self.env.pop_episode_stats()
 
-    def _policy_step(self, obs: torch.Tensor, starts: torch.Tensor, truncated: torch.Tensor) -> TensorDict:
+    def _receive_env_step(self, t: int, rows: slice) -> None:
+        """Wait for ``rows``' envs to finish step ``t``; store its rewards and which observations start episodes."""
+        _, rewards, terminals, truncations = self.env.step_wait(rows)  # observations land in self._obs
+        self._truncated[rows] = torch.from_numpy(truncations)
+        self._starts[rows] = torch.from_numpy(terminals) | self._truncated[rows]
+        self.experience.store_outcome(
+            t, torch.from_numpy(rewards).to(self.device), self._starts[rows].to(self.device), rows
+        )
+
+    def _policy_step(
+        self, obs: torch.Tensor, starts: torch.Tensor, truncated: torch.Tensor, rows: slice | None = None
+    ) -> TensorDict:
+        """The policy on agent ``rows`` (all by default): samples actions and advances their memory."""
+        rows = slice(0, obs.shape[0]) if rows is None else rows
         td = TensorDict(
             {
-                keys.ENV_OBS: obs.to(self.device, non_blocking=True),
+                keys.ENV_OBS: self._to_device(obs, rows),
                 keys.DONES: starts.to(self.device),
                 keys.TRUNCATEDS: truncated.to(self.device),
-                keys.TRAINING_ENV_IDS: self._agent_ids,
+                keys.TRAINING_ENV_IDS: self._agent_ids[rows],
             },
-            batch_size=[self.num_agents],
+            batch_size=[obs.shape[0]],
         )
         return self.agent(td)
+
+    def _to_device(self, obs: torch.Tensor, rows: slice) -> torch.Tensor:
+        if self._pinned_obs is None:
+            return obs
+        # Reusing the staging rows is safe: the previous copy from them finished when that step's actions
+        # were read back (``.cpu()`` waits for the GPU).
+        staged = self._pinned_obs[rows]
+        staged.copy_(obs)
+        return staged.to(self.device, non_blocking=True)
 
     # ---- update -------------------------------------------------------------------------------------------
 
@@ -205,13 +258,14 @@ class Trainer:
         ratio_dev_before_update = None
         for _ in range(cfg.update_epochs):
             for minibatch in self.experience.minibatches(segments_per_minibatch, self.minibatch_generator):
-                parts = ppo_loss(self.agent, minibatch, cfg)
+                parts = ppo_loss(self.agent, minibatch, cfg, forward=self.train_forward)
                 if ratio_dev_before_update is None:
                     ratio_dev_before_update = parts.ratio_max_dev
                 self.optimizer.zero_grad(set_to_none=True)
                 parts.loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
-                if not (torch.isfinite(parts.loss) and torch.isfinite(grad_norm)):
+                # Agreed over the ranks: one rank skipping a step the others take would split the replicas.
+                if distributed.any_rank(not (torch.isfinite(parts.loss) and torch.isfinite(grad_norm)), self.world):
                     self._skip_update(float(parts.loss), float(grad_norm))
                     continue
                 self._skipped_in_a_row = 0
@@ -254,8 +308,13 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
 
+    def _stop_agreed(self) -> bool:
+        """Stop when any rank was asked to, so that every rank leaves at the same epoch boundary."""
+        self._stop_requested = distributed.any_rank(self._stop_requested, self.world)
+        return self._stop_requested
+
     def _open_logs(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.world.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
@@ -298,11 +357,12 @@ class Trainer:
                 "agent_steps": self.state.agent_steps,
                 "skipped_updates": self.state.skipped_updates,
                 "numpy_rng": _numpy_rng_state(),
+                "world_size": self.world.world_size,
             },
         }
 
     def save_checkpoint(self) -> Path | None:
-        if self.run_dir is None or self.state.epoch == 0:
+        if self.run_dir is None or self.state.epoch == 0 or not self.world.is_main:
             return None
         path = checkpoint_path(self.run_dir, self.state.epoch)
         if path.exists():

@@ -1,0 +1,28 @@
+"""``torch.compile`` for the policy (``trainer.compile=true``): the encoder and heads compile, the LSTM core
+stays eager.
+
+The recurrent core splits each training segment at the steps where some row restarts (a data-dependent
+number of LSTM calls, read with ``.tolist()``) and keeps per-agent memory as Python state between calls;
+traced, it would break the graph anyway or recompile on every batch. It is excluded explicitly, so the
+policy's forward becomes two compiled graphs, the observation encoder before the core and the heads after
+it. The policy is compiled in place (``nn.Module.compile``), so state-dict keys, checkpoints and the DDP
+wrapper see the same module as without compiling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metta_agent.blocks.recurrent import RecurrentCore
+
+
+def compile_policy(agent, backend: str = "inductor", mode: str = "default") -> None:
+    """Compile ``agent.policy`` in place with ``torch.compile(backend=..., mode=...)``; cores stay eager."""
+    for module in agent.policy.modules():
+        if isinstance(module, RecurrentCore):
+            # An instance attribute shadows the class's forward for this module only.
+            module.forward = torch.compiler.disable(module.forward, recursive=True)
+    options = {"backend": backend}
+    if backend == "inductor" and mode != "default":
+        options["mode"] = mode
+    agent.policy.compile(**options)
