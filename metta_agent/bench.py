@@ -24,6 +24,15 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
     repeats of ``1 - train_sps / train_sps_no_restarts``, is what correct restarts cost;
     ``restart_segment_fraction`` says how many segments held a restart (use short episodes, e.g.
     ``--set game.max_steps=40``, for a figure that means something).
+``train_sps_compiled`` / ``compile_speedup`` (with ``compare_compile``)
+    Full epochs of a second trainer, identical but for ``trainer.compile``, timed right after the first
+    one's in every repeat; ``compile_speedup``, the median over repeats of compiled / eager train_sps (below
+    1: a slow-down). Its
+    first (untimed) epoch, which compiles, is reported as ``compile_warmup_seconds``.
+``train_sps_2ranks`` (with ``ranks=2``)
+    ``metta-agent train --nproc-per-node 2`` run as a subprocess with the same config (``batch_size`` per
+    rank, so twice the agent steps per epoch), after the repeats: the median of its own ``sps`` (counted over
+    both ranks) over every epoch but the first two.
 
 ``serial_bound = 1 / (1/env_sps + 1/inference_sps + 1/train_step_sps)`` is what an epoch would reach if it
 did nothing but these three pieces one after another; ``bound_ratio = train_sps / serial_bound`` says how
@@ -42,12 +51,19 @@ env forward with random actions; it is meant for a throw-away trainer, not one w
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 
 from metta_agent import contract as keys
 from metta_agent.config import RunConfig
@@ -60,6 +76,8 @@ def run_benchmark(
     epochs: int = 3,
     repeats: int = 3,
     progress: Callable[[str], None] | None = None,
+    compare_compile: bool = False,
+    ranks: int = 0,
 ) -> dict[str, float | int | str]:
     """Measure env, inference, update and full-epoch throughput with the training config (see module doc).
 
@@ -69,7 +87,8 @@ def run_benchmark(
     ``restart_overhead`` and ``restart_segment_fraction`` (see the module doc), the per-piece
     seconds of one rollout's worth of work, and the config figures ``game``, ``agent``, ``num_envs``,
     ``batch_size``, ``minibatch_size``, ``bptt_horizon``, ``num_agents``, ``rollout_steps``,
-    ``env_workers``, ``torch_threads``, ``epochs``, ``repeats``.
+    ``env_workers``, ``torch_threads``, ``epochs``, ``repeats``. ``compare_compile`` adds
+    ``train_sps_compiled`` and ``compile_speedup``; ``ranks=2`` adds ``train_sps_2ranks``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -81,21 +100,30 @@ def run_benchmark(
 
     say = progress or (lambda message: None)
     trainer = Trainer(config, run_dir=None, show_progress=False)
-    twin = None
+    twin = flipped = None
     try:
         # A component architecture is measured side by side with its PyTorch twin (same config, same data).
         twin_name = None if config.agent.name.startswith("pytorch/") else pytorch_twin(config.agent.name)
         if twin_name is not None:
             twin_config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, name=twin_name))
             twin = Trainer(twin_config, run_dir=None, show_progress=False)
-        return _measure(trainer, config, epochs, repeats, say, twin)
+        if compare_compile:  # the same trainer with trainer.compile flipped
+            flipped_settings = dataclasses.replace(config.trainer, compile=not config.trainer.compile)
+            flipped = Trainer(dataclasses.replace(config, trainer=flipped_settings), run_dir=None, show_progress=False)
+        result = _measure(trainer, config, epochs, repeats, say, twin, flipped)
     finally:
         trainer.env.close()
-        if twin is not None:
-            twin.env.close()
+        for other in (twin, flipped):
+            if other is not None:
+                other.env.close()
+    if ranks > 1:
+        result[f"train_sps_{ranks}ranks"] = _measure_ranks(config, ranks, epochs * repeats, say)
+    return result
 
 
-def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callable[[str], None], twin=None) -> dict:
+def _measure(
+    trainer, config: RunConfig, epochs: int, repeats: int, say: Callable[[str], None], twin=None, flipped=None
+) -> dict:
     cfg = config.trainer
     batch_size = cfg.batch_size
     num_agents = trainer.num_agents
@@ -110,6 +138,12 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     trainer.run_epoch()
     if twin is not None:
         twin.run_epoch()
+    compile_warmup_seconds = None
+    if flipped is not None:
+        say(f"warm-up epoch with trainer.compile={flipped.config.trainer.compile} (untimed)")
+        start = time.perf_counter()
+        flipped.run_epoch()
+        compile_warmup_seconds = time.perf_counter() - start
     # Rollout inputs captured from the real env during the warm-up rollout, laid out [T, N, ...] so that each
     # step's observation is a contiguous [N, M, 3] tensor, as torch.from_numpy(env obs) is in the trainer.
     data = trainer.experience.data
@@ -123,6 +157,8 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     samples: dict[str, list[float]] = {name: [] for name in (*RESULT_RATES, *extra)}
     if twin is not None:
         samples.update({"pytorch_inference_sps": [], "pytorch_train_step_sps": []})
+    if flipped is not None:
+        samples["flipped_train_sps"] = []
     for repeat in range(repeats):
         # -- env only -------------------------------------------------------------------------------------
         actions = rng.integers(0, num_actions, size=(epochs * steps, num_agents), dtype=np.int64)
@@ -175,6 +211,13 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
         if update_seconds > 0:
             samples["update_sps"].append(epochs * batch_size / update_seconds)
 
+        # -- the same full epochs with trainer.compile flipped, right after, so load hits both alike ---------
+        if flipped is not None:
+            start = time.perf_counter()
+            for _ in range(epochs):
+                flipped.run_epoch()
+            samples["flipped_train_sps"].append(epochs * batch_size / (time.perf_counter() - start))
+
         say(
             f"repeat {repeat + 1}/{repeats}: env {samples['env_sps'][-1]:,.0f}  inference "
             f"{samples['inference_sps'][-1]:,.0f}  train step {samples['train_step_sps'][-1]:,.0f}  "
@@ -199,6 +242,17 @@ def _measure(trainer, config: RunConfig, epochs: int, repeats: int, say: Callabl
     for name, values in samples.items():
         if values:
             result[name] = float(statistics.median(values))
+    if flipped is not None:
+        flipped_sps = result.pop("flipped_train_sps")
+        pairs = zip(samples["train_sps"], samples["flipped_train_sps"])  # (this trainer, flipped) per repeat
+        if config.trainer.compile:
+            result["train_sps_compiled"] = result["train_sps"]
+            result["compile_speedup"] = float(statistics.median(mine / other for mine, other in pairs))
+        else:
+            result["train_sps_compiled"] = flipped_sps
+            result["compile_speedup"] = float(statistics.median(other / mine for mine, other in pairs))
+        result["compile_backend"] = config.trainer.compile_backend
+        result["compile_warmup_seconds"] = compile_warmup_seconds
     env_sps, inference_sps, train_step_sps = (result[k] for k in ("env_sps", "inference_sps", "train_step_sps"))
     serial_bound = 1.0 / (1.0 / env_sps + 1.0 / inference_sps + 1.0 / train_step_sps)
     result["serial_bound"] = serial_bound
@@ -223,6 +277,33 @@ def _restart_segment_fraction(trainer) -> float:
     """Fraction of the last batch's training segments that hold an episode start after their first step."""
     starts = trainer.experience.segments()[keys.DONES][:, 1:]
     return float(starts.any(dim=1).float().mean())
+
+
+def _measure_ranks(config: RunConfig, ranks: int, timed_epochs: int, say: Callable[[str], None]) -> float:
+    """Median SPS (all ranks) of a ``ranks``-rank ``metta-agent train`` run over its epochs after the first two."""
+    warmup_epochs = 2
+    epochs = warmup_epochs + max(timed_epochs, 1)
+    say(f"{ranks} ranks: {epochs} epochs of metta-agent train --nproc-per-node {ranks} (the first {warmup_epochs} untimed)")
+    with tempfile.TemporaryDirectory(prefix="metta-bench-") as folder:
+        config_file = Path(folder) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        run_dir = Path(folder) / "run"
+        command = [
+            sys.executable, "-m", "metta_agent.cli", "train", "--nproc-per-node", str(ranks),
+            "--config", str(config_file), "--steps", str(epochs * ranks * config.trainer.batch_size),
+            "--run-dir", str(run_dir), "--quiet",
+        ]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_project_root(), os.environ.get("PYTHONPATH")])))
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {ranks}-rank run failed (exit code {done.returncode}):\n{done.stderr[-4000:]}")
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return float(statistics.median(row["sps"] for row in rows[warmup_epochs:]))
+
+
+def _project_root() -> str:
+    """The folder holding this ``metta_agent`` package, so the subprocess runs this very code."""
+    return str(Path(__file__).resolve().parent.parent)
 
 
 def _time_env(trainer, actions: np.ndarray) -> float:

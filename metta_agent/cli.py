@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure env, inference, train-step and full training speed",
         description="Measures, in one run with the training config, agent steps per second of env stepping,\n"
-        "inference, the PPO update and full training, and the ratio of training to the serial bound.",
+        "inference, the PPO update and full training, and the ratio of training to the serial bound;\n"
+        "also training with trainer.compile flipped (compile_speedup) and with 2 data-parallel ranks\n"
+        "(train_sps_2ranks), unless --no-compile / --no-distributed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--agent", help="architecture (default pytorch/fast)")
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", type=Path, help="YAML file with sections agent, game, trainer")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    bench.add_argument("--no-compile", action="store_true",
+                       help="skip the side-by-side run with trainer.compile flipped (compile_speedup)")
+    bench.add_argument("--no-distributed", action="store_true",
+                       help="skip the 2-rank training run (train_sps_2ranks)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     parity = commands.add_parser(
         "parity",
@@ -379,7 +385,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     say = None if args.json else (lambda message: print(message, file=sys.stderr))
-    result = run_benchmark(config, repeats=args.repeats, progress=say)
+    result = run_benchmark(config, repeats=args.repeats, progress=say, compare_compile=not args.no_compile,
+                           ranks=0 if args.no_distributed else 2)
     if args.json:
         print(json.dumps(result))
     else:

@@ -82,3 +82,18 @@ def test_component_architecture_is_measured_beside_its_pytorch_twin():
     for key in ("pytorch_inference_sps", "pytorch_train_step_sps"):
         assert result[key] > 0
     assert abs(result["pytorch_inference_ratio"] - result["pytorch_inference_sps"] / result["inference_sps"]) < 1e-9
+
+
+def test_compile_and_two_ranks_are_measured_in_the_same_run():
+    """compile_speedup from a second trainer with trainer.compile flipped (aot_eager: cheap to compile here),
+    and train_sps_2ranks from a 2-rank `metta-agent train` subprocess, beside serial_bound and train_sps."""
+    config = build_config([{"game": {"name": "heart"},
+                            "trainer": {"num_envs": 4, "batch_size": 1024, "minibatch_size": 512, "bptt_horizon": 16,
+                                        "compile_backend": "aot_eager"}}])
+    messages: list[str] = []
+    result = run_benchmark(config, epochs=1, repeats=1, progress=messages.append, compare_compile=True, ranks=2)
+    for key in ("train_sps", "serial_bound", "train_sps_compiled", "train_sps_2ranks", "compile_warmup_seconds"):
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    assert result["compile_speedup"] == pytest.approx(result["train_sps_compiled"] / result["train_sps"])
+    assert result["compile_backend"] == "aot_eager"
+    assert any("2 ranks" in message for message in messages)
