@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -198,8 +199,19 @@ def torchrun_command(
 
 
 def launch(command: Sequence[str], nproc_per_node: int) -> int:
-    """Run torchrun and return its exit code. Each rank gets an equal share of the cores as OpenMP threads
-    (torchrun would otherwise force 1 thread per rank and say so in a warning)."""
+    """Run torchrun and return its exit code (130 after Ctrl-C). Each rank gets an equal share of the cores
+    as OpenMP threads (torchrun would otherwise force 1 thread per rank and say so in a warning).
+
+    Ctrl-C in a terminal reaches torchrun and every rank (one process group): the ranks agree to stop at the
+    end of the epoch and rank 0 saves a checkpoint, while torchrun reports the signal (with a traceback) and
+    waits for them. This process only waits too, instead of killing torchrun as ``subprocess.run`` would."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
-    return subprocess.run(list(command), env=env).returncode
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        with subprocess.Popen(list(command), env=env) as process:
+            code = process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 130 if interrupted else code
