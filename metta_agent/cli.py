@@ -252,6 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         state = trainer.train()
+        del trainer  # its DDP wrapper holds the process group: free it while every rank is still in the group
     if not world.is_main:
         return 0
     last = state.history[-1] if state.history else {}

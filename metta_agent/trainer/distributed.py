@@ -19,6 +19,7 @@ A single process needs none of this: :func:`process_group` is a no-op outside to
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import os
 import signal
@@ -76,6 +77,8 @@ def current_world() -> World:
 def process_group(device: str) -> Iterator[World]:
     """Join the ranks torchrun started (gloo on CPU, NCCL on CUDA) and leave the group afterwards.
 
+    Drop every DDP wrapper before the block ends: they hold the group, which must be destroyed last.
+
     Outside torchrun, or with a world of one, there is nothing to join and this yields a single-process
     world."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
@@ -87,6 +90,10 @@ def process_group(device: str) -> Iterator[World]:
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         yield current_world()
+        # Leave together: a rank that exits while another still tears down its DDP reducer left that rank
+        # hanging in the gloo destructor (seen here). The caller drops its DDP wrapper before this point.
+        dist.barrier()
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
