@@ -184,8 +184,8 @@ def _poison(monkeypatch, bad_calls):
     calls = {"n": 0}
     original = trainer_module.ppo_loss
 
-    def poisoned(agent, minibatch, cfg):
-        parts = original(agent, minibatch, cfg)
+    def poisoned(agent, minibatch, cfg, **options):
+        parts = original(agent, minibatch, cfg, **options)
         if calls["n"] in bad_calls:
             parts.loss = parts.loss * float("nan")
         calls["n"] += 1
