@@ -244,25 +244,18 @@ def _measure(
             result[name] = float(statistics.median(values))
     if flipped is not None:
         flipped_sps = result.pop("flipped_train_sps")
-        pairs = zip(samples["train_sps"], samples["flipped_train_sps"])  # (this trainer, flipped) per repeat
-        if config.trainer.compile:
-            result["train_sps_compiled"] = result["train_sps"]
-            result["compile_speedup"] = float(statistics.median(mine / other for mine, other in pairs))
-        else:
-            result["train_sps_compiled"] = flipped_sps
-            result["compile_speedup"] = float(statistics.median(other / mine for mine, other in pairs))
+        compiled, eager = samples["train_sps"], samples["flipped_train_sps"]
+        if not config.trainer.compile:
+            compiled, eager = eager, compiled
+        result["train_sps_compiled"] = result["train_sps"] if config.trainer.compile else flipped_sps
+        result["compile_speedup"] = _median_ratio(compiled, eager)
         result["compile_backend"] = config.trainer.compile_backend
         result["compile_warmup_seconds"] = compile_warmup_seconds
     env_sps, inference_sps, train_step_sps = (result[k] for k in ("env_sps", "inference_sps", "train_step_sps"))
     serial_bound = 1.0 / (1.0 / env_sps + 1.0 / inference_sps + 1.0 / train_step_sps)
     result["serial_bound"] = serial_bound
     result["bound_ratio"] = result["train_sps"] / serial_bound
-    # Paired per repeat (both variants ran alternately within it), then the median: steadier than a ratio
-    # of two medians when background load changes between repeats.
-    result["restart_overhead"] = float(statistics.median(
-        1.0 - with_restarts / without
-        for with_restarts, without in zip(samples["train_sps"], samples["train_sps_no_restarts"])
-    ))
+    result["restart_overhead"] = 1.0 - _median_ratio(samples["train_sps"], samples["train_sps_no_restarts"])
     if twin is not None:
         result["pytorch_agent"] = twin.config.agent.name
         result["pytorch_inference_ratio"] = result["pytorch_inference_sps"] / result["inference_sps"]
@@ -271,6 +264,12 @@ def _measure(
     for name in RESULT_RATES:
         result[name.replace("_sps", "_seconds")] = batch_size / result[name]
     return result
+
+
+def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over repeats of the paired ratios: both variants ran side by side within each repeat, so this is
+    steadier than a ratio of two medians when background load changes between repeats."""
+    return float(statistics.median(a / b for a, b in zip(numerators, denominators, strict=True)))
 
 
 def _restart_segment_fraction(trainer) -> float:
