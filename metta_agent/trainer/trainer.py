@@ -319,8 +319,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         metrics_path = self.run_dir / "metrics.jsonl"
-        # A resumed run repeats the epochs after its checkpoint: drop their old rows so no epoch appears twice.
-        truncate_metrics(metrics_path, self.state.epoch)
+        if self.state.epoch > 0:
+            # A resumed run repeats the epochs after its checkpoint: drop their old rows so none appears twice.
+            truncate_metrics(metrics_path, self.state.epoch)
         self._metrics_file = open(metrics_path, "a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
 
