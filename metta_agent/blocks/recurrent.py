@@ -110,7 +110,6 @@ class RecurrentCore(nn.Module):
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
         return out.transpose(0, 1).reshape(batch * bptt, self.hidden_size)
 
-
     def _run_lstm(self, seq: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """``nn.LSTM`` on a time-major sequence, through the op its ``forward`` calls.
 

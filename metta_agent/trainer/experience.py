@@ -73,7 +73,9 @@ class Experience:
         for key in STEP_KEYS:
             self.data[key][rows, t].copy_(step[key])
 
-    def store_outcome(self, t: int, rewards: torch.Tensor, next_starts: torch.Tensor, rows: slice = slice(None)) -> None:
+    def store_outcome(
+        self, t: int, rewards: torch.Tensor, next_starts: torch.Tensor, rows: slice = slice(None)
+    ) -> None:
         self.data[keys.REWARDS][rows, t].copy_(rewards)
         self.next_starts[rows, t].copy_(next_starts)
 
@@ -99,10 +101,11 @@ class Experience:
     def minibatches(self, segments_per_minibatch: int, generator: torch.Generator):
         """Every segment exactly once per call, in random order (no replacement).
 
-        When a minibatch holds whole envs, segments are drawn by *env group*: the segments of all agents of
-        one env over the same steps, taken together (as recurrent PPO commonly splits minibatches by env).
-        The agents of an env restart on the same steps, so a minibatch then holds few distinct restart
-        positions, and the recurrent core, which splits its LSTM call at each of them, stays fast.
+        Built with ``agents_per_env`` > 1 (``trainer.minibatch_by_env``), and when a minibatch holds whole
+        envs, segments are drawn by *env group*: the segments of all agents of one env over the same steps,
+        taken together. The agents of an env restart on the same steps, so a minibatch then holds few
+        distinct restart positions and the recurrent core, which cuts its LSTM call at each, runs faster;
+        on heart it learned much slower, so the trainer leaves it off by default.
         """
         order = self._segment_order(segments_per_minibatch, generator)
         segments = self.segments()
