@@ -18,8 +18,10 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
     ``Trainer.run_epoch()``: ``batch_size`` / epoch wall time.
 
 ``train_sps_no_restarts``
-    The same full epochs with in-segment episode restarts ignored in training (each segment runs its LSTM
-    in one piece from its stored state, as the reference did; the importance ratio is then wrong). Its
+    The same full epochs with in-segment episode restarts ignored in training (each segment runs one
+    ``nn.LSTM`` call from its stored state, as the reference did; the importance ratio is then wrong). With
+    restarts, ``lstm_kernel`` says what ran: ``fused`` (one call with per-row resets, CPU) or ``nn.LSTM``
+    cut at every restart step. Its
     epochs alternate with the ``train_sps`` epochs in every repeat. ``restart_overhead``, the median over
     repeats of ``1 - train_sps / train_sps_no_restarts``, is what correct restarts cost;
     ``restart_segment_fraction`` says how many segments held a restart (use short episodes, e.g.
@@ -66,6 +68,7 @@ import torch
 import yaml
 
 from metta_agent import contract as keys
+from metta_agent.blocks import fused_lstm
 from metta_agent.config import RunConfig
 
 RESULT_RATES = ("env_sps", "inference_sps", "train_step_sps", "train_sps")
@@ -236,6 +239,7 @@ def _measure(
         "rollout_steps": int(steps),
         "env_workers": int(cfg.env_workers),
         "torch_threads": int(torch.get_num_threads()),
+        "lstm_kernel": _lstm_kernel(trainer),
         "epochs": int(epochs),
         "repeats": int(repeats),
     }
@@ -270,6 +274,14 @@ def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
     """Median over repeats of the paired ratios: both variants ran side by side within each repeat, so this is
     steadier than a ratio of two medians when background load changes between repeats."""
     return float(statistics.median(a / b for a, b in zip(numerators, denominators, strict=True)))
+
+
+def _lstm_kernel(trainer) -> str:
+    """What trains the LSTM core: the fused kernel, or nn.LSTM cut at restarts (and why)."""
+    if trainer.device.type == "cpu" and fused_lstm.load() is not None:
+        return "fused"
+    reason = "not CPU" if trainer.device.type != "cpu" else fused_lstm.failure()
+    return f"nn.LSTM cut at restarts ({reason})"
 
 
 def _restart_segment_fraction(trainer) -> float:

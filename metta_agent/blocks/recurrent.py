@@ -5,8 +5,9 @@ Where the state is reset:
   zeroed where this observation starts a new episode, written to ``lstm_h``/``lstm_c`` (the state the step
   started from, for the experience buffer), and stored back detached after the step;
 - training (``bptt == TT``): each segment starts from its stored ``lstm_h``/``lstm_c`` at ``t = 0`` and the
-  state is zeroed at every in-segment episode start. The sequence is run in chunks split at the time
-  steps where some row restarts, so a segment without restarts costs one LSTM call.
+  state is zeroed at every in-segment episode start. On CPU the fused kernel (``fused_lstm.py``) does that
+  inside one call; elsewhere the sequence is run in ``nn.LSTM`` chunks split at the steps where some row
+  restarts.
 """
 
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from metta_agent import contract as keys
+from metta_agent.blocks import fused_lstm
 
 
 class RecurrentCore(nn.Module):
@@ -90,11 +92,22 @@ class RecurrentCore(nn.Module):
 
     def _train_segments(self, x: torch.Tensor, td: TensorDict, starts: torch.Tensor, bptt: int) -> torch.Tensor:
         batch = x.shape[0] // bptt
-        seq = x.view(batch, bptt, -1).transpose(0, 1)  # [TT, B, input]
         h = td[keys.LSTM_H].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         c = td[keys.LSTM_C].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         starts = starts.view(batch, bptt)
-        # The stored state at t = 0 was taken after that step's reset, so only t >= 1 can split a segment.
+        if self.reset_inside_segments and fused_lstm.usable(x):
+            # The stored state at t = 0 was taken after that step's reset, so only t >= 1 resets it here.
+            keep = ~starts
+            keep[:, 0] = True
+            out, _, _ = fused_lstm.fused_lstm(self.lstm, x.view(batch, bptt, -1), h, c, keep)
+            return out.reshape(batch * bptt, self.hidden_size)
+        return self._train_segments_in_chunks(x.view(batch, bptt, -1).transpose(0, 1), h, c, starts)
+
+    def _train_segments_in_chunks(self, seq: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                                  starts: torch.Tensor) -> torch.Tensor:
+        """``nn.LSTM`` cut at every step where some row restarts (where the fused kernel cannot run), or one
+        call when in-segment restarts are ignored (only to measure what that would cost, or break)."""
+        bptt, batch = seq.shape[0], seq.shape[1]
         if self.reset_inside_segments:
             restart_steps = starts[:, 1:].any(dim=0).nonzero().flatten().add(1).tolist()
         else:
@@ -103,7 +116,7 @@ class RecurrentCore(nn.Module):
         outputs = []
         for begin, end in zip(bounds[:-1], bounds[1:]):
             if begin > 0:
-                keep = (~starts[:, begin]).to(x.dtype).view(1, batch, 1)
+                keep = (~starts[:, begin]).to(seq.dtype).view(1, batch, 1)
                 h, c = h * keep, c * keep
             out, h, c = self._run_lstm(seq[begin:end], h, c)
             outputs.append(out)

@@ -1,0 +1,92 @@
+"""The fused CPU LSTM against nn.LSTM cut at restarts: same outputs, same gradients, same final state."""
+
+import pytest
+import torch
+
+from metta_agent.blocks import fused_lstm
+
+pytestmark = pytest.mark.skipif(fused_lstm.load() is None, reason=f"fused kernel unavailable: {fused_lstm.failure()}")
+
+
+def reference(lstm: torch.nn.LSTM, x, h0, c0, keep):
+    """nn.LSTM step by step (batch-major in and out), the state multiplied by keep[:, t] before step t."""
+    h, c, outputs = h0, c0, []
+    for t in range(x.shape[1]):
+        k = keep[:, t].to(x.dtype).view(1, -1, 1)
+        out, (h, c) = lstm(x[:, t].unsqueeze(0), (h * k, c * k))
+        outputs.append(out[0])
+    return torch.stack(outputs, dim=1), h, c
+
+
+def random_case(batch, steps, input_size, hidden, layers, dtype, seed=0):
+    torch.manual_seed(seed)
+    lstm = torch.nn.LSTM(input_size, hidden, num_layers=layers).to(dtype)
+    x = torch.randn(batch, steps, input_size, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(layers, batch, hidden, dtype=dtype, requires_grad=True)
+    c0 = torch.randn(layers, batch, hidden, dtype=dtype, requires_grad=True)
+    keep = torch.rand(batch, steps) > 0.15  # restarts at arbitrary steps, t = 0 included
+    return lstm, x, h0, c0, keep
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(16, 64, 128, 128, 2), (5, 9, 7, 13, 1), (3, 1, 4, 20, 3)])
+def test_outputs_and_gradients_match_nn_lstm_with_resets(dtype, tol, shape):
+    lstm, x, h0, c0, keep = random_case(*shape, dtype=dtype)
+    inputs = [x, h0, c0, *lstm.parameters()]
+    y, h_n, c_n = fused_lstm.fused_lstm(lstm, x, h0, c0, keep)
+    y_ref, h_ref, c_ref = reference(lstm, x, h0, c0, keep)
+    for got, want in ((y, y_ref), (h_n, h_ref), (c_n, c_ref)):
+        assert (got - want).abs().max().item() <= tol
+    weights = [torch.randn_like(t) for t in (y, h_n, c_n)]  # every output gets a gradient
+    loss = sum((w * t).sum() for w, t in zip(weights, (y, h_n, c_n)))
+    loss_ref = sum((w * t).sum() for w, t in zip(weights, (y_ref, h_ref, c_ref)))
+    grads = torch.autograd.grad(loss, inputs)
+    grads_ref = torch.autograd.grad(loss_ref, inputs)
+    for name, got, want in zip(["x", "h0", "c0", *(n for n, _ in lstm.named_parameters())], grads, grads_ref):
+        scale = want.abs().max().clamp_min(1.0)
+        assert (got - want).abs().max().item() <= tol * scale, name
+
+
+def test_gradcheck_float64():
+    lstm, x, h0, c0, keep = random_case(3, 5, 4, 6, 2, torch.float64, seed=1)
+
+    def run(x, h0, c0, *weights):
+        for param, value in zip(lstm._flat_weights, weights):
+            param.data = value.detach()
+        return fused_lstm._FusedLSTM.apply(x, h0, c0, keep.double(), *weights)
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *[w.detach().requires_grad_() for w in lstm._flat_weights]))
+
+
+def test_keep_all_ones_is_one_plain_lstm_call_and_no_grad_path_agrees():
+    lstm, x, h0, c0, _ = random_case(4, 12, 8, 16, 2, torch.float32)
+    keep = torch.ones(4, 12, dtype=torch.bool)
+    y, h_n, c_n = fused_lstm.fused_lstm(lstm, x, h0, c0, keep)
+    plain, (h_ref, c_ref) = lstm(x.transpose(0, 1), (h0, c0))
+    assert torch.allclose(y, plain.transpose(0, 1), atol=2e-6)
+    assert torch.allclose(h_n, h_ref, atol=2e-6) and torch.allclose(c_n, c_ref, atol=2e-6)
+    with torch.no_grad():
+        y_no_grad, _, _ = fused_lstm.fused_lstm(lstm, x, h0, c0, keep)
+    assert torch.equal(y_no_grad, y.detach())
+
+
+def test_reset_row_ignores_its_past():
+    """A row reset at step t gives from t on exactly what a fresh zero-state sequence gives."""
+    lstm, x, h0, c0, _ = random_case(2, 10, 8, 16, 2, torch.float64)
+    keep = torch.ones(2, 10, dtype=torch.bool)
+    keep[1, 6] = False
+    with torch.no_grad():
+        y, _, _ = fused_lstm.fused_lstm(lstm, x, h0, c0, keep)
+        fresh, _ = lstm(x[1:, 6:].transpose(0, 1))
+    assert torch.allclose(y[1, 6:], fresh[:, 0], atol=1e-12, rtol=0)
+    assert not torch.allclose(y[0, 6:], fresh[:, 0])
+
+
+def test_rejects_unsupported_lstms_and_bad_shapes():
+    with pytest.raises(ValueError, match="unidirectional"):
+        fused_lstm.fused_lstm(torch.nn.LSTM(4, 4, bidirectional=True), torch.zeros(1, 2, 4), torch.zeros(2, 1, 4),
+                              torch.zeros(2, 1, 4), torch.ones(1, 2))
+    lstm = torch.nn.LSTM(4, 4)
+    with pytest.raises(RuntimeError, match="sizes disagree"):
+        fused_lstm.fused_lstm(lstm, torch.zeros(2, 3, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4),
+                              torch.ones(2, 5))
