@@ -1,11 +1,13 @@
-"""The fused CPU LSTM against nn.LSTM cut at restarts: same outputs, same gradients, same final state."""
+"""The LSTM over segments with restarts: the fused CPU kernel and the episode-piece path (CUDA, no compiler)
+against nn.LSTM stepped with resets: same outputs, same gradients, same final state."""
 
 import pytest
 import torch
 
 from metta_agent.blocks import fused_lstm
+from metta_agent.blocks.recurrent import RecurrentCore
 
-pytestmark = pytest.mark.skipif(fused_lstm.load() is None, reason=f"fused kernel unavailable: {fused_lstm.failure()}")
+needs_kernel = pytest.mark.skipif(fused_lstm.load() is None, reason=f"fused kernel unavailable: {fused_lstm.failure()}")
 
 
 def reference(lstm: torch.nn.LSTM, x, h0, c0, keep):
@@ -28,6 +30,7 @@ def random_case(batch, steps, input_size, hidden, layers, dtype, seed=0):
     return lstm, x, h0, c0, keep
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("shape", [(16, 64, 128, 128, 2), (5, 9, 7, 13, 1), (3, 1, 4, 20, 3)])
 def test_outputs_and_gradients_match_nn_lstm_with_resets(dtype, tol, shape):
@@ -47,6 +50,7 @@ def test_outputs_and_gradients_match_nn_lstm_with_resets(dtype, tol, shape):
         assert (got - want).abs().max().item() <= tol * scale, name
 
 
+@needs_kernel
 def test_gradcheck_float64():
     lstm, x, h0, c0, keep = random_case(3, 5, 4, 6, 2, torch.float64, seed=1)
 
@@ -58,6 +62,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(run, (x, h0, c0, *[w.detach().requires_grad_() for w in lstm._flat_weights]))
 
 
+@needs_kernel
 def test_keep_all_ones_is_one_plain_lstm_call_and_no_grad_path_agrees():
     lstm, x, h0, c0, _ = random_case(4, 12, 8, 16, 2, torch.float32)
     keep = torch.ones(4, 12, dtype=torch.bool)
@@ -70,6 +75,7 @@ def test_keep_all_ones_is_one_plain_lstm_call_and_no_grad_path_agrees():
     assert torch.equal(y_no_grad, y.detach())
 
 
+@needs_kernel
 def test_reset_row_ignores_its_past():
     """A row reset at step t gives from t on exactly what a fresh zero-state sequence gives."""
     lstm, x, h0, c0, _ = random_case(2, 10, 8, 16, 2, torch.float64)
@@ -82,6 +88,7 @@ def test_reset_row_ignores_its_past():
     assert not torch.allclose(y[0, 6:], fresh[:, 0])
 
 
+@needs_kernel
 def test_rejects_unsupported_lstms_and_bad_shapes():
     with pytest.raises(ValueError, match="unidirectional"):
         fused_lstm.fused_lstm(torch.nn.LSTM(4, 4, bidirectional=True), torch.zeros(1, 2, 4), torch.zeros(2, 1, 4),
@@ -90,3 +97,21 @@ def test_rejects_unsupported_lstms_and_bad_shapes():
     with pytest.raises(RuntimeError, match="sizes disagree"):
         fused_lstm.fused_lstm(lstm, torch.zeros(2, 3, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4),
                               torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+def test_episode_pieces_match_nn_lstm_with_resets(dtype, tol):
+    """The path CUDA takes: one nn.LSTM call over every segment's episode pieces, padded at their ends."""
+    core = RecurrentCore(input_size=12, hidden_size=16, num_layers=2).to(dtype)
+    _, x, h0, c0, keep = random_case(6, 20, 12, 16, 2, dtype, seed=2)
+    keep[:, 0] = True  # the stored state is the state after the first step's reset
+    keep[0] = True  # a segment with no restart: a single piece
+    keep[1, 1:] = False  # one with a restart at every step: pieces of length 1
+    y = core._train_episode_pieces(x, h0, c0, ~keep)
+    y_ref, _, _ = reference(core.lstm, x, h0, c0, keep)
+    assert (y.view_as(y_ref) - y_ref).abs().max().item() <= tol
+    inputs = [x, h0, c0, *core.parameters()]
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), inputs)
+    for got, want in zip(grads, grads_ref):
+        assert (got - want).abs().max().item() <= tol * want.abs().max().clamp_min(1.0)

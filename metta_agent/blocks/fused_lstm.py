@@ -1,7 +1,8 @@
 """The fused CPU LSTM used for training segments: restarts anywhere inside a segment cost nothing extra.
 
-``nn.LSTM`` cannot reset the state of one row in the middle of a sequence, so a segment with restarts had to
-be cut into several LSTM calls, and short episodes made training about 20% slower. The kernel in
+``nn.LSTM`` cannot reset the state of one row in the middle of a sequence, so a minibatch with restarts had to
+be cut into several LSTM calls (one per step where some segment restarts), and short episodes made training
+about 20% slower. The kernel in
 ``csrc/fused_lstm.cpp`` runs all steps of all rows in one call and multiplies the state entering each step by
 ``keep`` (0 where that row starts a new episode). It computes the same network as ``nn.LSTM`` (same
 parameters, gate order and math) to float rounding, and is faster than one ``nn.LSTM`` call on a segment
@@ -9,7 +10,8 @@ without restarts.
 
 The kernel is compiled on first use (about 30 s, cached under ``$METTA_AGENT_CACHE`` or
 ``~/.cache/metta-agent``; ``make install`` does it up front). Without a C++ compiler, on CUDA, or with
-``METTA_AGENT_FUSED_LSTM=0``, the core falls back to ``nn.LSTM`` cut at restarts (see ``recurrent.py``).
+``METTA_AGENT_FUSED_LSTM=0``, the core runs one ``nn.LSTM`` call over the segments' episode pieces instead
+(see ``recurrent.py``).
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def load(quiet: bool = False):
                                      build_directory=str(directory), verbose=False)
     except Exception as error:  # no compiler, no ninja, headers missing: fall back, and say so once
         _failure = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-        warnings.warn(f"fused LSTM kernel unavailable ({_failure}); training cuts nn.LSTM calls at episode "
-                      "restarts instead, which is slower on short episodes", stacklevel=2)
+        warnings.warn(f"fused LSTM kernel unavailable ({_failure}); training runs nn.LSTM over episode pieces "
+                      "instead, which is slower on a CPU when episodes are short", stacklevel=2)
     return _kernel
 
 

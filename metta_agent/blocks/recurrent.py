@@ -6,8 +6,7 @@ Where the state is reset:
   started from, for the experience buffer), and stored back detached after the step;
 - training (``bptt == TT``): each segment starts from its stored ``lstm_h``/``lstm_c`` at ``t = 0`` and the
   state is zeroed at every in-segment episode start. On CPU the fused kernel (``fused_lstm.py``) does that
-  inside one call; elsewhere the sequence is run in ``nn.LSTM`` chunks split at the steps where some row
-  restarts.
+  inside one call; elsewhere (CUDA) each episode piece of a segment becomes a row of one ``nn.LSTM`` call.
 """
 
 from contextlib import contextmanager
@@ -95,41 +94,49 @@ class RecurrentCore(nn.Module):
         h = td[keys.LSTM_H].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         c = td[keys.LSTM_C].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         starts = starts.view(batch, bptt)
-        if self.reset_inside_segments and fused_lstm.usable(x):
+        if not self.reset_inside_segments:  # one call from the stored state, as the reference did
+            out, _, _ = self._run_lstm(x.view(batch, bptt, -1).transpose(0, 1), h, c)
+            return out.transpose(0, 1).reshape(batch * bptt, self.hidden_size)
+        if fused_lstm.usable(x):
             # The stored state at t = 0 was taken after that step's reset, so only t >= 1 resets it here.
             keep = ~starts
             keep[:, 0] = True
             out, _, _ = fused_lstm.fused_lstm(self.lstm, x.view(batch, bptt, -1), h, c, keep)
             return out.reshape(batch * bptt, self.hidden_size)
-        return self._train_segments_in_chunks(x.view(batch, bptt, -1).transpose(0, 1), h, c, starts)
+        return self._train_episode_pieces(x.view(batch, bptt, -1), h, c, starts)
 
-    def _train_segments_in_chunks(self, seq: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
-                                  starts: torch.Tensor) -> torch.Tensor:
-        """``nn.LSTM`` cut at every step where some row restarts (where the fused kernel cannot run), or one
-        call when in-segment restarts are ignored (only to measure what that would cost, or break)."""
-        bptt, batch = seq.shape[0], seq.shape[1]
-        if self.reset_inside_segments:
-            restart_steps = starts[:, 1:].any(dim=0).nonzero().flatten().add(1).tolist()
-        else:
-            restart_steps = []
-        bounds = [0, *restart_steps, bptt]
-        outputs = []
-        for begin, end in zip(bounds[:-1], bounds[1:]):
-            if begin > 0:
-                keep = (~starts[:, begin]).to(seq.dtype).view(1, batch, 1)
-                h, c = h * keep, c * keep
-            out, h, c = self._run_lstm(seq[begin:end], h, c)
-            outputs.append(out)
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
-        return out.transpose(0, 1).reshape(batch * bptt, self.hidden_size)
+    def _train_episode_pieces(self, seq: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                              starts: torch.Tensor) -> torch.Tensor:
+        """``nn.LSTM`` once over the episode pieces of all segments (where the fused kernel cannot run).
+
+        Each segment is split at its restarts into pieces; every piece becomes a row of its own, left-aligned
+        and padded at the end, starting from the segment's stored state (first piece) or from zero (a piece
+        that starts an episode). Padding only follows a piece's last step, so it never reaches an output that
+        is kept. One call for the whole minibatch: on a GPU the extra rows cost almost nothing.
+        """
+        batch, bptt = starts.shape
+        piece_starts = starts.clone()
+        piece_starts[:, 0] = True
+        piece_of_step = piece_starts.long().cumsum(1) - 1  # [B, TT]: which piece of its segment
+        pieces_per_segment = piece_of_step[:, -1] + 1
+        first_row = pieces_per_segment.cumsum(0) - pieces_per_segment  # row of each segment's first piece
+        row = first_row.unsqueeze(1) + piece_of_step
+        step = torch.arange(bptt, device=starts.device).expand(batch, bptt)
+        offset = step - torch.where(piece_starts, step, torch.zeros_like(step)).cummax(dim=1).values
+        rows, length = int(pieces_per_segment.sum()), int(offset.max()) + 1
+        flat = (offset * rows + row).reshape(-1)  # time-major position of every (segment, step)
+        padded = seq.new_zeros(length * rows, seq.shape[-1]).index_copy(0, flat, seq.reshape(batch * bptt, -1))
+        h_rows = h.new_zeros(self.num_layers, rows, self.hidden_size).index_copy(1, first_row, h)
+        c_rows = c.new_zeros(self.num_layers, rows, self.hidden_size).index_copy(1, first_row, c)
+        out, _, _ = self._run_lstm(padded.view(length, rows, -1), h_rows, c_rows)
+        return out.reshape(length * rows, self.hidden_size)[flat]
 
     def _run_lstm(self, seq: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """``nn.LSTM`` on a time-major sequence, through the op its ``forward`` calls.
 
-        Segments are cut at every in-segment restart, so a minibatch may run the LSTM several times; the
-        Python-side checks of ``nn.LSTM.forward`` then become a visible part of the restart overhead. The op
-        and arguments are those ``nn.LSTM.forward`` passes for this LSTM (biases, no dropout, unidirectional,
-        time-major), so the results are identical (the parity and ratio tests check them).
+        Rollout calls it once per step, where the Python-side checks of ``nn.LSTM.forward`` (~0.2 ms) show.
+        The op and arguments are those ``nn.LSTM.forward`` passes for this LSTM (biases, no dropout,
+        unidirectional, time-major), so the results are identical (the parity and ratio tests check them).
         """
         lstm = self.lstm
         if seq.dim() != 3 or seq.shape[-1] != lstm.input_size:  # the check nn.LSTM.forward would have made
