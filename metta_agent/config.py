@@ -57,9 +57,6 @@ class TrainerSettings:
     bptt_horizon: int = 64
     """Length of the training segments (truncated backprop through time)."""
     update_epochs: int = 1
-    minibatch_by_env: bool = False
-    """Draw minibatch segments by env group (an env's agents over the same steps together): fewer LSTM cuts
-    at restarts, but on heart it learned far slower than segments drawn one by one (see BENCHMARKS.md)."""
     """Passes over each batch."""
     lr: float = 4.573e-4
     lr_schedule: str = "cosine"

@@ -57,19 +57,6 @@ def test_minibatches_cover_every_segment_exactly_once():
     assert experience.segments()[keys.REWARDS][5].tolist() == [10.0, 11.0]
 
 
-def test_minibatches_take_the_agents_of_an_env_together():
-    # 3 envs x 2 agents, 8 steps in segments of 2: 12 env groups of 2 segments; minibatches of 4 segments.
-    experience = Experience(6, 8, 2, (2, 3), (1, 2), torch.device("cpu"), agents_per_env=2)
-    experience.data[keys.REWARDS].copy_(torch.arange(48, dtype=torch.float32).view(6, 8))
-    batches = [mb[keys.REWARDS][:, 0].long() for mb in experience.minibatches(4, torch.Generator().manual_seed(1))]
-    assert sorted(torch.cat(batches).tolist()) == list(range(0, 48, 2))
-    for batch in batches:
-        agent, step = batch // 8, batch % 8
-        for first, second in zip(range(0, 4, 2), range(1, 4, 2)):  # pairs: both agents of one env, same steps
-            assert agent[first] // 2 == agent[second] // 2 and agent[first] != agent[second]
-            assert step[first] == step[second]
-
-
 def test_learning_rate_schedule_is_applied():
     config = build_config([{"trainer": {"lr_schedule": "cosine", "lr_final_ratio": 0.1}}]).trainer
     multiplier = lr_lambda(config, total_epochs=11)

@@ -123,7 +123,8 @@ class RecurrentCore(nn.Module):
         row = first_row.unsqueeze(1) + piece_of_step
         step = torch.arange(bptt, device=starts.device).expand(batch, bptt)
         offset = step - torch.where(piece_starts, step, torch.zeros_like(step)).cummax(dim=1).values
-        rows, length = int(pieces_per_segment.sum()), int(offset.max()) + 1
+        rows, longest = torch.stack([pieces_per_segment.sum(), offset.max()]).tolist()  # one device sync
+        length = longest + 1
         flat = (offset * rows + row).reshape(-1)  # time-major position of every (segment, step)
         padded = seq.new_zeros(length * rows, seq.shape[-1]).index_copy(0, flat, seq.reshape(batch * bptt, -1))
         h_rows = h.new_zeros(self.num_layers, rows, self.hidden_size).index_copy(1, first_row, h)

@@ -34,14 +34,10 @@ class Experience:
         obs_shape: tuple[int, int],
         lstm_shape: tuple[int, int],
         device: torch.device,
-        agents_per_env: int = 1,
     ):
         if steps % bptt:
             raise ValueError(f"rollout length {steps} must be a multiple of bptt_horizon {bptt}")
-        if num_agents % agents_per_env:
-            raise ValueError(f"{num_agents} agents do not split into envs of {agents_per_env}")
         self.num_agents, self.steps, self.bptt = num_agents, steps, bptt
-        self.agents_per_env = agents_per_env
         self.num_segments = num_agents * steps // bptt
         shape = (num_agents, steps)
 
@@ -99,26 +95,8 @@ class Experience:
         return self.data.reshape(self.num_segments, self.bptt)
 
     def minibatches(self, segments_per_minibatch: int, generator: torch.Generator):
-        """Every segment exactly once per call, in random order (no replacement).
-
-        Built with ``agents_per_env`` > 1 (``trainer.minibatch_by_env``), and when a minibatch holds whole
-        envs, segments are drawn by *env group*: the segments of all agents of one env over the same steps,
-        taken together. The agents of an env restart on the same steps, so a minibatch then holds few
-        distinct restart positions and the recurrent core, which cuts its LSTM call at each, runs faster;
-        on heart it learned much slower, so the trainer leaves it off by default.
-        """
-        order = self._segment_order(segments_per_minibatch, generator)
+        """Every segment exactly once per call, in random order (no replacement)."""
+        order = torch.randperm(self.num_segments, generator=generator)
         segments = self.segments()
         for start in range(0, self.num_segments, segments_per_minibatch):
             yield segments[order[start : start + segments_per_minibatch].to(segments.device)]
-
-    def _segment_order(self, segments_per_minibatch: int, generator: torch.Generator) -> torch.Tensor:
-        group = self.agents_per_env
-        if group == 1 or segments_per_minibatch % group:
-            return torch.randperm(self.num_segments, generator=generator)
-        blocks = self.steps // self.bptt
-        envs = self.num_agents // group
-        groups = torch.randperm(envs * blocks, generator=generator)
-        env, block = groups // blocks, groups % blocks
-        agents = env[:, None] * group + torch.arange(group)[None, :]  # [groups, agents of the env]
-        return (agents * blocks + block[:, None]).flatten()

@@ -104,7 +104,7 @@ class Trainer:
         self.rollout_steps = cfg.batch_size // self.num_agents
         self.experience = Experience(
             self.num_agents, self.rollout_steps, cfg.bptt_horizon, self.env.obs_shape, self.agent.lstm_shape,
-            self.device, agents_per_env=self.env.agents_per_env if cfg.minibatch_by_env else 1,
+            self.device,
         )
         self.optimizer = torch.optim.Adam(
             self.agent.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
