@@ -100,10 +100,13 @@ def fused_lstm(lstm: torch.nn.LSTM, x: torch.Tensor, h0: torch.Tensor, c0: torch
     """``lstm`` over batch-major ``x [B, T, input]`` from ``(h0, c0) [layers, B, hidden]``, where the state
     entering step ``t`` of row ``b`` is multiplied by ``keep[b, t]``; returns ``(y [B, T, hidden], h_n, c_n)``.
 
-    Call ``usable(x)`` first. Only single-direction LSTMs with biases and no projection are supported.
+    Only single-direction LSTMs with biases and no projection are supported; ``usable(x)`` says whether the
+    kernel can run at all.
     """
     if lstm.bidirectional or not lstm.bias or lstm.proj_size:
         raise ValueError("fused_lstm supports unidirectional nn.LSTM with biases and no projection")
+    if load() is None:
+        raise RuntimeError(f"the fused LSTM kernel is unavailable: {failure()}")
     keep = keep.to(x.dtype)
     weights = lstm._flat_weights
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *weights)):
