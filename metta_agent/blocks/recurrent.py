@@ -5,8 +5,9 @@ Where the state is reset:
   zeroed where this observation starts a new episode, written to ``lstm_h``/``lstm_c`` (the state the step
   started from, for the experience buffer), and stored back detached after the step;
 - training (``bptt == TT``): each segment starts from its stored ``lstm_h``/``lstm_c`` at ``t = 0`` and the
-  state is zeroed at every in-segment episode start. On CPU the fused kernel (``fused_lstm.py``) does that
-  inside one call; elsewhere (CUDA) each episode piece of a segment becomes a row of one ``nn.LSTM`` call.
+  state is zeroed at every in-segment episode start. A minibatch without such restarts is one ``nn.LSTM``
+  call; with restarts, on CPU the fused kernel (``fused_lstm.py``) resets rows inside one call, elsewhere
+  (CUDA) each episode piece of a segment becomes a row of one ``nn.LSTM`` call.
 """
 
 from contextlib import contextmanager
@@ -94,11 +95,12 @@ class RecurrentCore(nn.Module):
         h = td[keys.LSTM_H].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         c = td[keys.LSTM_C].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         starts = starts.view(batch, bptt)
-        if not self.reset_inside_segments:  # one call from the stored state, as the reference did
+        # The stored state at t = 0 was taken after that step's reset, so only t >= 1 resets it here.
+        if not self.reset_inside_segments or not bool(starts[:, 1:].any()):
+            # One plain call: no segment restarts inside (or, only to measure it, restarts are ignored).
             out, _, _ = self._run_lstm(x.view(batch, bptt, -1).transpose(0, 1), h, c)
             return out.transpose(0, 1).reshape(batch * bptt, self.hidden_size)
         if fused_lstm.usable(x):
-            # The stored state at t = 0 was taken after that step's reset, so only t >= 1 resets it here.
             keep = ~starts
             keep[:, 0] = True
             out, _, _ = fused_lstm.fused_lstm(self.lstm, x.view(batch, bptt, -1), h, c, keep)
