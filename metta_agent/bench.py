@@ -20,8 +20,8 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
 ``train_sps_no_restarts``
     The same full epochs with in-segment episode restarts ignored in training (each segment runs one
     ``nn.LSTM`` call from its stored state, as the reference did; the importance ratio is then wrong). With
-    restarts, ``lstm_kernel`` says what ran: ``fused`` (one call with per-row resets, CPU) or one ``nn.LSTM``
-    call over the segments' episode pieces (CUDA). Its
+    restarts, ``lstm_kernel`` says what runs a minibatch that holds some: ``fused`` (one call with per-row
+    resets, CPU) or one ``nn.LSTM`` call over the segments' episode pieces (CUDA). Its
     epochs alternate with the ``train_sps`` epochs in every repeat. ``restart_overhead``, the median over
     repeats of ``1 - train_sps / train_sps_no_restarts``, is what correct restarts cost;
     ``restart_segment_fraction`` says how many segments held a restart (use short episodes, e.g.
@@ -277,7 +277,8 @@ def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
 
 
 def _lstm_kernel(trainer) -> str:
-    """What trains the LSTM core: the fused kernel, or nn.LSTM over episode pieces (and why)."""
+    """What trains the LSTM core on minibatches with restarts: the fused kernel, or nn.LSTM over episode
+    pieces (and why)."""
     if trainer.device.type == "cpu" and fused_lstm.load() is not None:
         return "fused"
     reason = "not CPU" if trainer.device.type != "cpu" else fused_lstm.failure()

@@ -17,6 +17,7 @@ The kernel is compiled on first use (about 30 s, cached under ``$METTA_AGENT_CAC
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -40,7 +41,9 @@ def _build_flags() -> list[str]:
 
 def build_directory() -> Path:
     root = Path(os.environ.get("METTA_AGENT_CACHE", Path.home() / ".cache" / "metta-agent"))
-    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    # One build per torch, Python, machine type and vector flags: a home directory may be shared by machines.
+    vector = "avx2" if "-mavx2" in _build_flags() else "default"
+    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}-{vector}"
     return root / "kernels" / tag.replace("+", "_")
 
 
