@@ -29,7 +29,7 @@ from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.agent.registry import build_agent
 from metta_agent.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from metta_agent.config import RunConfig
-from metta_agent.errors import TrainingError, UsageError
+from metta_agent.errors import TrainingError, UsageError, first_line
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
 from metta_agent.games import game_stat_keys, make_game
@@ -395,8 +395,7 @@ class Trainer:
             torch.set_rng_state(payload["torch_rng"])
             self.minibatch_generator.set_state(payload["minibatch_rng"])
         except (KeyError, RuntimeError, ValueError) as error:
-            first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-            raise UsageError(f"cannot resume from '{path}': {first}") from None
+            raise UsageError(f"cannot resume from '{path}': {first_line(error)[:160]}") from None
         numpy_rng = metadata.get("trainer", {}).get("numpy_rng")
         if numpy_rng is not None:
             np.random.set_state(_numpy_rng_from_json(numpy_rng))

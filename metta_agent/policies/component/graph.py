@@ -29,7 +29,7 @@ from torch import nn
 from metta_agent import contract as keys
 from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.env.info import EnvInfo
-from metta_agent.errors import UsageError
+from metta_agent.errors import UsageError, first_line
 from metta_agent.policies.component.components import (
     COMPONENT_TYPES,
     Component,
@@ -109,9 +109,8 @@ class ComponentPolicy(nn.Module):
                 output = component(inputs, probe)
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
                 shapes = ", ".join(_describe(values, s) for s in entry["sources"])
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise GraphError(f"{where}: component '{name}' ({entry['type']}) cannot take its inputs "
-                                 f"[{shapes}]: {message}") from None
+                                 f"[{shapes}]: {first_line(error)}") from None
             self.components[name] = component
             self.sources[name] = list(entry["sources"])
             self.clip_scales[name] = float(entry.get("clip_scale", 1.0))
