@@ -21,16 +21,15 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
     The same full epochs with in-segment episode restarts ignored in training (each segment runs one
     ``nn.LSTM`` call from its stored state, as the reference did; the importance ratio is then wrong). With
     restarts, ``lstm_kernel`` says what runs a minibatch that holds some: ``fused`` (one call with per-row
-    resets, CPU) or one ``nn.LSTM`` call over the segments' episode pieces (CUDA). Its
-    epochs alternate with the ``train_sps`` epochs in every repeat. ``restart_overhead``, the median over
-    repeats of ``1 - train_sps / train_sps_no_restarts``, is what correct restarts cost;
+    resets, CPU) or one ``nn.LSTM`` call over the segments' episode pieces (CUDA). Its epochs alternate
+    with the ``train_sps`` epochs in every repeat. ``restart_overhead``, the median over repeats of
+    ``1 - train_sps / train_sps_no_restarts``, is what correct restarts cost;
     ``restart_segment_fraction`` says how many segments held a restart (use short episodes, e.g.
     ``--set game.max_steps=40``, for a figure that means something).
 ``train_sps_compiled`` / ``compile_speedup`` (with ``compare_compile``)
     Full epochs of a second trainer, identical but for ``trainer.compile``, timed right after the first
     one's in every repeat; ``compile_speedup``, the median over repeats of compiled / eager train_sps (below
-    1: a slow-down). Its
-    first (untimed) epoch, which compiles, is reported as ``compile_warmup_seconds``.
+    1: a slow-down). Its first (untimed) epoch, which compiles, is reported as ``compile_warmup_seconds``.
 ``train_sps_2ranks`` (with ``ranks=2``)
     ``metta-agent train --nproc-per-node 2`` run as a subprocess with the same config (``batch_size`` per
     rank, so twice the agent steps per epoch), after the repeats: the median of its own ``sps`` (counted over
@@ -279,10 +278,10 @@ def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
 def _lstm_kernel(trainer) -> str:
     """What trains the LSTM core on minibatches with restarts: the fused kernel, or nn.LSTM over episode
     pieces (and why)."""
-    if trainer.device.type == "cpu" and fused_lstm.load() is not None:
+    weights = next(trainer.agent.parameters())
+    if fused_lstm.usable(weights):
         return "fused"
-    reason = "not CPU" if trainer.device.type != "cpu" else fused_lstm.failure()
-    return f"nn.LSTM over episode pieces ({reason})"
+    return f"nn.LSTM over episode pieces ({fused_lstm.failure() or f'{weights.device.type}, {weights.dtype}'})"
 
 
 def _restart_segment_fraction(trainer) -> float:

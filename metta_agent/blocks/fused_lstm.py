@@ -1,12 +1,12 @@
-"""The fused CPU LSTM used for training segments: restarts anywhere inside a segment cost nothing extra.
+"""The fused CPU LSTM used for training segments with restarts inside them.
 
 ``nn.LSTM`` cannot reset the state of one row in the middle of a sequence, so a minibatch with restarts had to
 be cut into several LSTM calls (one per step where some segment restarts), and short episodes made training
-about 20% slower. The kernel in
-``csrc/fused_lstm.cpp`` runs all steps of all rows in one call and multiplies the state entering each step by
-``keep`` (0 where that row starts a new episode). It computes the same network as ``nn.LSTM`` (same
-parameters, gate order and math) to float rounding, and is faster than one ``nn.LSTM`` call on a segment
-without restarts.
+about 20% slower. The kernel in ``csrc/fused_lstm.cpp`` runs all steps of all rows in one call and multiplies
+the state entering each step by ``keep`` (0 where that row starts a new episode), so its cost does not depend
+on how many restarts there are. It computes the same network as ``nn.LSTM`` (same parameters, gate order and
+math) to float rounding. It is about 25% slower than one ``nn.LSTM`` call that ignores restarts, so a
+minibatch without restarts skips it (``recurrent.py``).
 
 The kernel is compiled on first use (about 30 s, cached under ``$METTA_AGENT_CACHE`` or
 ``~/.cache/metta-agent``; ``make install`` does it up front). Without a C++ compiler, on CUDA, or with
@@ -47,7 +47,7 @@ def build_directory() -> Path:
     return root / "kernels" / tag.replace("+", "_")
 
 
-def load(quiet: bool = False):
+def load():
     """The compiled kernel module, built on first call; None (with the reason in ``failure()``) if unavailable."""
     global _kernel, _failure
     if _kernel is not None or _failure is not None:
@@ -61,7 +61,7 @@ def load(quiet: bool = False):
         from torch.utils import cpp_extension
 
         directory.mkdir(parents=True, exist_ok=True)
-        if not quiet and not any(directory.glob(f"{name}*.so")):
+        if not any(directory.glob(f"{name}*.so")):
             print(f"metta-agent: compiling the fused LSTM kernel into {directory} (first use only, ~30 s)",
                   file=sys.stderr, flush=True)
         _kernel = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_build_flags(),
