@@ -222,13 +222,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _check_launcher_args(args)
     resume_from = None
+    run_dir = args.run_dir
     if args.resume:
         config = resume_run_config(args)
-        run_dir = args.run_dir
         resume_from = resolve_checkpoint(run_dir)
     else:
         config = resolve_run_config(args)
-        run_dir = args.run_dir
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config.game.name}-{stamp}"
@@ -239,8 +238,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with distributed.process_group(config.trainer.device) as world:
         # Under torchrun the launcher (or rank 0) checked the run directory; other ranks write nothing there.
-        if not args.resume and world.is_main and run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir or add --resume")
+        if not args.resume and world.is_main:
+            _check_run_dir_free(run_dir)
         trainer = Trainer(config, run_dir, show_progress=not args.quiet, resume_from=resume_from)
         if not args.quiet and world.is_main:
             start = f"resuming at epoch {trainer.state.epoch} ({trainer.state.agent_steps:,} steps), " if args.resume else ""
@@ -272,6 +271,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 _LAUNCHER_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run-dir")
 
 
+def _check_run_dir_free(run_dir: Path) -> None:
+    """A new run never writes into a directory that already holds files (``--resume`` continues one)."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir or add --resume")
+
+
 def _check_launcher_args(args: argparse.Namespace) -> None:
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
@@ -291,8 +296,8 @@ def _launch_ranks(args: argparse.Namespace, config, run_dir: Path) -> int:
 
     config.validate(EnvInfo.from_game(make_game(config.game.name, max_steps=config.game.max_steps)).num_agents)
     distributed.resolve_device(config.trainer.device, distributed.World())
-    if not args.resume and args.node_rank == 0 and run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"run directory '{run_dir}' already exists; choose another --run-dir or add --resume")
+    if not args.resume and args.node_rank == 0:
+        _check_run_dir_free(run_dir)
     child_args = [*_without_options(args.argv, _LAUNCHER_OPTIONS), "--run-dir", str(run_dir)]
     command = distributed.torchrun_command(
         child_args, args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port

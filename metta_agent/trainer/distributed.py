@@ -213,7 +213,7 @@ def launch(command: Sequence[str], nproc_per_node: int) -> int:
     end of the epoch and rank 0 saves a checkpoint, while torchrun reports the signal (with a traceback) and
     waits for them. This process only waits too, instead of killing torchrun as ``subprocess.run`` would."""
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    env.setdefault("OMP_NUM_THREADS", str(default_torch_threads(World(local_world_size=nproc_per_node))))
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
