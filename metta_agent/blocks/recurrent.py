@@ -95,17 +95,18 @@ class RecurrentCore(nn.Module):
         h = td[keys.LSTM_H].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         c = td[keys.LSTM_C].view(batch, bptt, self.num_layers, self.hidden_size)[:, 0].transpose(0, 1).contiguous()
         starts = starts.view(batch, bptt)
+        seq = x.view(batch, bptt, -1)  # batch-major segments
         # The stored state at t = 0 was taken after that step's reset, so only t >= 1 resets it here.
         if not self.reset_inside_segments or not bool(starts[:, 1:].any()):
             # One plain call: no segment restarts inside (or, only to measure it, restarts are ignored).
-            out, _, _ = self._run_lstm(x.view(batch, bptt, -1).transpose(0, 1), h, c)
+            out, _, _ = self._run_lstm(seq.transpose(0, 1), h, c)
             return out.transpose(0, 1).reshape(batch * bptt, self.hidden_size)
         if fused_lstm.usable(x):
             keep = ~starts
             keep[:, 0] = True
-            out, _, _ = fused_lstm.fused_lstm(self.lstm, x.view(batch, bptt, -1), h, c, keep)
+            out, _, _ = fused_lstm.fused_lstm(self.lstm, seq, h, c, keep)
             return out.reshape(batch * bptt, self.hidden_size)
-        return self._train_episode_pieces(x.view(batch, bptt, -1), h, c, starts)
+        return self._train_episode_pieces(seq, h, c, starts)
 
     def _train_episode_pieces(self, seq: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
                               starts: torch.Tensor) -> torch.Tensor:

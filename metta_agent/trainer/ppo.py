@@ -34,8 +34,9 @@ def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings, forward=None) -
     old_values = minibatch[keys.VALUES].clone()
     returns = minibatch[keys.RETURNS]
     advantages = minibatch[keys.ADVANTAGES]
-    scored = (forward or agent)(minibatch.select(keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS, keys.ACTIONS, keys.LSTM_H,
-                                    keys.LSTM_C, strict=False))
+    inputs = minibatch.select(keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C,
+                              strict=False)
+    scored = (forward or agent)(inputs)
     log_ratio = scored[keys.ACT_LOG_PROB] - old_log_prob
     ratio = log_ratio.exp()
     if cfg.norm_adv:
