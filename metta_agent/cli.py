@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key by dotted path, e.g. trainer.bptt_horizon=16 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--json", action="store_true",
+                       help="at the end print one JSON line (run directory, final eval, baselines) instead of the summary")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --run-dir from its newest checkpoint, with its config.yaml "
                             "(--steps stays the total; --set may change trainer.* keys)")
@@ -67,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval",
-        help="evaluate a trained agent against a random policy",
+        help="evaluate a trained agent beside the random and scripted baselines",
         description=(
-            "Run the trained agent and, on the same maps and seeds, a uniform-random policy; one episode per env.\n"
+            "Run the trained agent and, on the same maps and seeds, a uniform-random and a scripted policy; one\n"
+            "episode per env. Every mean comes with its standard error over episodes.\n"
             "On another game (--game) features are matched by name (unknown ones are dropped) and action\n"
             "embeddings by action name (an action the agent never trained with gets an untrained row)."
         ),
@@ -95,6 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --render on a terminal, at most this many frames per second (default 10)")
     evaluate.add_argument("--json", action="store_true",
                           help="print one JSON object (with --render the frames go to stderr)")
+
+    plot = commands.add_parser(
+        "plot",
+        help="compare runs' eval points on one picture and print their final figures",
+        description=(
+            "Draw the eval points (eval/<metric> of metrics.jsonl) of each run against agent steps. Runs whose\n"
+            "config.yaml differ only in trainer.seed form a group: the mean over seeds with a min-max band.\n"
+            "The game's stored random and scripted baselines are drawn when all runs share a game.\n"
+            "Prints, per run and per group, the last eval point, its agent steps and the training return."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with metrics.jsonl)")
+    plot.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="image to write (.png, .svg, .pdf)")
+    plot.add_argument("--metric", help="hearts, return or another game stat (default: hearts when every run has "
+                                       "it, else return)")
+    plot.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
     games = commands.add_parser("games", help="list the games")
     games.add_argument("--json", action="store_true", help="print JSON")
@@ -130,6 +150,50 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--agent", help="one architecture (default: all)")
     parity.add_argument("--seed", type=int, default=0, help="torch seed for the weights (default 0)")
     parity.add_argument("--json", action="store_true", help="print a JSON list, one object per architecture")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="search hyper-parameters with Optuna (several workers may share one study)",
+        description=(
+            "Train one short run per trial (--steps-per-trial agent steps) with values drawn from --space and\n"
+            "score it by the in-training evaluation (the last eval point's eval/hearts or eval/return; maximized).\n"
+            "Every invocation on the same --storage and --study is a worker of one study: the study stops when it\n"
+            "holds --trials finished (complete or pruned) trials in total, so two workers with --trials 4 run 4\n"
+            "trials together. A worker whose study is full waits for the trials still running elsewhere; a\n"
+            "killed worker's trial is marked FAILED once its heartbeat is 2 x --heartbeat-interval old and run\n"
+            "once more with the same values. At the end: a table of the study's trials and DIR/best.yaml, the best\n"
+            "trial's full config with the full run's trainer.total_agent_steps (for 'train --config').\n"
+            "Trial config: defaults < --config < --game/--agent/--seed < --set < --steps-per-trial < sampled values."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("--space", type=Path, required=True,
+                       help="YAML mapping of config keys to distributions, e.g. "
+                            "'trainer.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}' "
+                            "(types: float, int, categorical; see docs/sweep-space.example.yaml)")
+    sweep.add_argument("--study", required=True, help="study name (workers of one study share it)")
+    sweep.add_argument("--trials", type=int, required=True, metavar="N",
+                       help="finished trials the study should hold, over all its workers")
+    sweep.add_argument("--steps-per-trial", type=int, required=True, metavar="K",
+                       help="agent steps each trial trains (trainer.total_agent_steps of the trial)")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="SQLAlchemy URL of the study's database (default sqlite:///DIR/study.db; "
+                            "e.g. postgresql://user@host/db to share a study between machines)")
+    sweep.add_argument("--sweep-dir", type=Path, metavar="DIR",
+                       help="trial run directories (DIR/trials/trial_NNNN) and best.yaml (default sweeps/<study>)")
+    sweep.add_argument("--objective", choices=["hearts", "return"], default="hearts",
+                       help="eval metric to maximize: eval/hearts or eval/return (default hearts)")
+    sweep.add_argument("--game", help="game (default arena)")
+    sweep.add_argument("--agent", help="architecture (default pytorch/fast)")
+    sweep.add_argument("--config", type=Path, help="YAML file with sections agent, game, trainer")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key in every trial (repeatable)")
+    sweep.add_argument("--seed", type=int, help="trainer.seed of every trial and the sampler's seed (default 0)")
+    sweep.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS",
+                       help="seconds between a running trial's heartbeats; a trial is stale after twice this "
+                            "(default 60)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines (one per finished trial) on stderr")
+    sweep.add_argument("--json", action="store_true", help="print the study's trials and the best one as JSON")
 
     agents = commands.add_parser("agents", help="list the architectures with both forms' parameter counts")
     agents.add_argument("--game", default="arena", help="game the counts are for (default arena)")
@@ -254,17 +318,59 @@ def cmd_train(args: argparse.Namespace) -> int:
         del trainer  # its DDP wrapper holds the process group: free it while every rank is still in the group
     if not world.is_main:
         return 0
+    summary = run_summary(run_dir, config, state, world.world_size)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(describe_run_summary(summary))
+    return 0
+
+
+def run_summary(run_dir: Path, config, state, world_size: int) -> dict[str, Any]:
+    """The end of a run in numbers: its last eval beside the game's stored baselines."""
+    from metta_agent.baselines import stored_baselines
+
     last = state.history[-1] if state.history else {}
-    summary = {
+    evaluated = [row for row in state.history if "eval/return" in row]
+    final_eval = {key.removeprefix("eval/"): value for key, value in evaluated[-1].items()
+                  if key.startswith("eval/")} if evaluated else None
+    baselines = stored_baselines(config.game.name)
+    curve = Path(run_dir) / "curve.png"
+    return {
         "run_dir": str(run_dir),
+        "game": config.game.name,
         "epochs": state.epoch,
         "agent_steps": state.agent_steps,
         "episode_return": last.get("episode_return"),
         "sps": last.get("sps"),
-        "world_size": world.world_size,
+        "world_size": world_size,
+        "eval": final_eval,
+        "eval_episodes": config.trainer.eval_episodes if final_eval else None,
+        "baselines": {name: baselines[name] for name in ("random", "scripted") if name in baselines},
+        "curve": str(curve) if curve.exists() else None,
+        "next": f"metta-agent eval {run_dir} --episodes 16",
     }
-    print(json.dumps(summary))
-    return 0
+
+
+def describe_run_summary(summary: dict[str, Any]) -> str:
+    lines = [f"trained {summary['agent_steps']:,} agent steps ({summary['epochs']} epochs) on {summary['game']}"]
+    final = summary["eval"]
+    if final is None:
+        lines.append("  no evaluation ran (trainer.eval_interval is 0)")
+    else:
+        stat = "hearts" if "hearts" in final else "return"
+        lines.append(f"  final eval ({summary['eval_episodes']} episodes, fresh maps): {stat} {final[stat]:.2f} "
+                     f"+- {final.get(stat + '_stderr', 0.0):.2f} per agent per episode")
+        for name, figures in summary["baselines"].items():
+            value = figures.get(f"mean_{stat}")
+            if value is not None:
+                ratio = f" ({final[stat] / value:.2f}x)" if value > 0 else ""
+                lines.append(f"  {name:<8} baseline: {stat} {value:.2f} +- {figures.get(f'mean_{stat}_stderr', 0.0):.2f}"
+                             f"{ratio}")
+    if summary["curve"]:
+        lines.append(f"  learning curve: {summary['curve']}")
+    lines.append(f"  next: {summary['next']}")
+    return "\n".join(lines)
 
 
 # Options of the launcher itself: not passed on to the ranks (the run directory is, resolved).
@@ -362,8 +468,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if result["untrained_actions"]:
         print(f"  actions the agent never trained with (untrained embeddings): "
               f"{', '.join(result['untrained_actions'])}")
-    for name in sorted(k for k in result if k.startswith("mean_")):
-        print(f"  {name.removeprefix('mean_'):<16} trained {result[name]:10.3f}   random {result['random_' + name]:10.3f}")
+    print(f"  {'':<16} {'trained':>17}   {'random':>17}   {'scripted':>17}   (mean +- standard error)")
+    for name in sorted(k for k in result if k.startswith("mean_") and not k.endswith("_stderr")):
+        cells = [f"{result[prefix + name]:9.3f} +- {result[prefix + name + '_stderr']:5.3f}"
+                 for prefix in ("", "random_", "scripted_")]
+        print(f"  {name.removeprefix('mean_'):<16} {cells[0]:>17}   {cells[1]:>17}   {cells[2]:>17}")
     if "replays" in result:
         print(f"  {len(result['replays'])} replays written to {args.replay_dir}/ (open them in MettaScope)")
     return 0
@@ -372,15 +481,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_games(args: argparse.Namespace) -> int:
     from metta_agent.games import GAME_NAMES, describe_game
 
+    from metta_agent.baselines import stored_baselines
+
     rows = [describe_game(name) for name in GAME_NAMES]
+    for row in rows:
+        row["baselines"] = stored_baselines(row["name"])
     if args.json:
         print(json.dumps(rows))
         return 0
     for row in rows:
-        print(f"{row['name']:<8} {row['agents']:>3} agents  map {row['map']:<20} {len(row['actions'])} actions  "
+        print(f"{row['name']:<10} {row['agents']:>3} agents  map {row['map']:<26} {len(row['actions'])} actions  "
               f"{row['num_features']} features  max_steps {row['max_steps']}")
-        print(f"         {row['description']}")
-        print(f"         actions: {', '.join(row['actions'])}")
+        print(f"           {row['description']}")
+        print(f"           actions: {', '.join(row['actions'])}")
+        baselines = row["baselines"]
+        for name in ("random", "scripted"):
+            figures = baselines.get(name)
+            if figures:
+                stats = ", ".join(f"{key.removeprefix('mean_')} {value:.2f} +- {figures[key + '_stderr']:.2f}"
+                                  for key, value in figures.items()
+                                  if not key.endswith("_stderr") and key != "mean_length")
+                print(f"           {name}: {stats} per agent per episode ({baselines['episodes']} episodes)")
+        if baselines.get("command"):
+            print(f"           measured by: {baselines['command']}")
     return 0
 
 
@@ -462,8 +585,54 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metta_agent.plot import compare_runs, format_final_figures
+
+    summary = compare_runs(args.runs, args.out, metric=args.metric)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_final_figures(summary))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from metta_agent.config import build_config, load_yaml, parse_set
+    from metta_agent.sweep import SweepSettings, default_storage_url, format_table, load_space, run_sweep
+
+    for flag, value in (("--trials", args.trials), ("--steps-per-trial", args.steps_per_trial),
+                        ("--heartbeat-interval", args.heartbeat_interval)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if not args.study.strip():
+        raise UsageError("--study must name the study")
+    space = load_space(args.space)
+    overrides = parse_set(args.set)
+    if "total_agent_steps" in overrides.get("trainer", {}):
+        raise UsageError("the sweep sets trainer.total_agent_steps from --steps-per-trial; do not --set it")
+    flags: dict[str, Any] = {}
+    if args.agent:
+        flags.setdefault("agent", {})["name"] = args.agent
+    if args.game:
+        flags.setdefault("game", {})["name"] = args.game
+    if args.seed is not None:
+        flags.setdefault("trainer", {})["seed"] = args.seed
+    layers = [*([load_yaml(args.config)] if args.config else []), flags, overrides]
+    sweep_dir = args.sweep_dir or Path("sweeps") / args.study
+    settings = SweepSettings(
+        space=space, study_name=args.study, storage_url=args.storage or default_storage_url(sweep_dir),
+        trials=args.trials, steps_per_trial=args.steps_per_trial, sweep_dir=sweep_dir, base_layers=layers,
+        objective=args.objective, seed=build_config(layers).trainer.seed, heartbeat_interval=args.heartbeat_interval,
+        say=None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True)),
+    )
+    result = run_sweep(settings)
+    print(json.dumps(result.to_dict()) if args.json else format_table(result))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "games": cmd_games, "bench": cmd_bench, "parity": cmd_parity,
-            "agents": cmd_agents}
+            "agents": cmd_agents, "plot": cmd_plot, "sweep": cmd_sweep}
 
 
 if __name__ == "__main__":

@@ -78,6 +78,10 @@ class TrainerSettings:
     """Updates with a non-finite loss or gradient are skipped; this many in a row stop the run."""
     checkpoint_interval: int = 50
     """Epochs between checkpoints."""
+    eval_interval: int = 80
+    """Epochs between evaluations of the policy on fresh maps (and one after the last epoch); 0 turns them off."""
+    eval_episodes: int = 8
+    """Episodes (envs played in parallel) per evaluation."""
     keep_checkpoints: int = 3
     """How many checkpoints to keep."""
     seed: int = 0
@@ -109,7 +113,7 @@ class RunConfig:
         """Check the batch arithmetic for a game with ``agents_per_env`` agents."""
         t = self.trainer
         positive = ("num_envs", "batch_size", "minibatch_size", "bptt_horizon", "update_epochs", "checkpoint_interval",
-                    "max_skipped_updates_in_a_row")
+                    "max_skipped_updates_in_a_row", "eval_episodes")
         for name in positive:
             if getattr(t, name) <= 0:
                 raise UsageError(f"trainer.{name} must be positive, got {getattr(t, name)}")
@@ -135,6 +139,8 @@ class RunConfig:
             )
         if t.lr_schedule not in ("constant", "linear", "cosine"):
             raise UsageError(f"trainer.lr_schedule must be constant, linear or cosine, got '{t.lr_schedule}'")
+        if t.eval_interval < 0:
+            raise UsageError(f"trainer.eval_interval must be 0 (off) or a number of epochs, got {t.eval_interval}")
         if t.keep_checkpoints < 1:
             raise UsageError(f"trainer.keep_checkpoints must be at least 1, got {t.keep_checkpoints}")
         if t.overlap and (t.env_workers < 2 or t.num_envs < 2):
@@ -150,9 +156,11 @@ class RunConfig:
 # Game-specific defaults: a 24-agent arena and a 4-agent heart game need different batch geometry.
 GAME_TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
     "arena": {"num_envs": 8, "batch_size": 12288, "minibatch_size": 3072},
+    "arena_room": {"num_envs": 8, "batch_size": 12288, "minibatch_size": 3072},
     # The small game is for quick demos: more, larger updates per epoch learn it within 1M agent steps
     # (with the reference's 1 pass of 4 minibatches at lr 4.6e-4 it had not learned after 1M).
-    "heart": {"num_envs": 32, "batch_size": 8192, "minibatch_size": 1024, "update_epochs": 4, "lr": 1e-3},
+    "heart": {"num_envs": 32, "batch_size": 8192, "minibatch_size": 1024, "update_epochs": 4, "lr": 1e-3,
+              "eval_interval": 10, "eval_episodes": 16},
 }
 
 _AGENT_FIELDS = {f.name for f in dataclasses.fields(AgentSettings)} - {"kwargs"}
@@ -234,6 +242,12 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             return value
         raise UsageError(f"{name} must be true or false, got {value!r}")
     if kind in (int, float):
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; a user writing it means the number.
+            try:
+                value = float(value) if kind is float else int(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{name} must be a number, got {value!r}")
         if kind is int and float(value) != int(value):

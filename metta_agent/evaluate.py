@@ -1,7 +1,14 @@
-"""Evaluation: the trained agent against a uniform-random policy on the same seeds.
+"""Evaluation: the trained agent beside a uniform-random and a scripted policy, on the same maps.
 
-Each of ``episodes`` envs plays one episode, all in parallel. Observers (a replay recorder, an ASCII
-renderer) follow the trained agent's episodes only; the random baseline runs unobserved.
+Each of ``episodes`` envs plays one episode, all in parallel. Every policy plays the same maps (the same
+seeds). Means come with their standard error over episodes: the agents of one episode share a map and
+interact, so an episode's figure is the mean over its agents, and the error is taken over episodes.
+
+Evaluation maps come from their own seed domain: the envs are numbered from ``EVAL_ENV_INDEX_BASE``
+(2**40), an env index no training run reaches, so no evaluation map is ever a training map, whatever the
+seeds (``VecEnv`` seeds episode ``k`` of env ``e`` with ``(seed, e, k)``).
+
+Observers (a replay recorder, an ASCII renderer) follow the trained agent's episodes only.
 
 Across games, the agent is re-initialised to the evaluation game: features are matched by name (a feature
 the agent was not built with is dropped, because its input width is fixed), and each action keeps its
@@ -12,6 +19,7 @@ agent can choose it, with a logit from that row's initial weights. The result li
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -25,7 +33,15 @@ from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
 from metta_agent.games import game_stat_keys
 
-EVAL_SEED_OFFSET = 1_000_000  # evaluation maps differ from the ones a default training run used
+EVAL_ENV_INDEX_BASE = 1 << 40
+BASELINES = ("random", "scripted")
+
+
+class Actor(Protocol):
+    """Chooses every agent's action from its observation tokens."""
+
+    def act(self, obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """``obs`` uint8 ``[N, tokens, 3]``; ``starts`` bool ``[N]``: this observation starts an episode."""
 
 
 class EpisodeObserver(Protocol):
@@ -39,51 +55,109 @@ class EpisodeObserver(Protocol):
         ended on this step."""
 
 
-def run_episodes(game, episodes: int, seed: int, agent: MettaAgent | None, greedy: bool = False,
-                 observers: Sequence[EpisodeObserver] = ()) -> list[dict[str, float]]:
-    """Run ``episodes`` full episodes (one per env, all in parallel); ``agent=None`` acts uniformly at random.
+class RandomActor:
+    """Uniformly random actions."""
 
-    ``greedy`` makes the agent take its most probable action instead of sampling one."""
-    rng = np.random.default_rng(seed)
-    with VecEnv(game, num_envs=episodes, seed=seed + EVAL_SEED_OFFSET, stagger_first_episodes=False,
-                stat_keys=game_stat_keys(game)) as env:
-        obs = torch.from_numpy(env.reset())
-        starts = torch.ones(env.num_agents, dtype=torch.bool)
+    def __init__(self, num_actions: int, seed: int):
+        self.num_actions = num_actions
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return self.rng.integers(0, self.num_actions, size=obs.shape[0])
+
+
+class AgentActor:
+    """A ``MettaAgent`` acting on its own: its memory is reset here and it samples from its own generator,
+    so torch's global random stream is left alone. ``greedy`` takes the most probable action."""
+
+    def __init__(self, agent: MettaAgent, seed: int, greedy: bool = False):
+        self.agent = agent
+        self.greedy = greedy
+        self.device = next(agent.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        agent.reset_memory()
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        n = obs.shape[0]
+        td = TensorDict({keys.ENV_OBS: torch.from_numpy(obs).to(self.device),
+                         keys.DONES: torch.from_numpy(starts).to(self.device),
+                         keys.TRAINING_ENV_IDS: torch.arange(n, device=self.device)}, batch_size=[n])
+        agent = self.agent
+        was_training, was_greedy, was_generator = agent.training, agent.greedy, agent.sampling_generator
+        agent.eval()
+        agent.greedy, agent.sampling_generator = self.greedy, self.generator
+        try:
+            return agent(td)[keys.ACTIONS].cpu().numpy()
+        finally:
+            agent.greedy, agent.sampling_generator = was_greedy, was_generator
+            agent.train(was_training)
+
+
+def baseline_actor(name: str, game, num_agents: int, seed: int) -> Actor:
+    """The ``random`` or ``scripted`` policy for ``num_agents`` agents (all envs) of ``game``."""
+    env = EnvInfo.from_game(game)
+    if name == "random":
+        return RandomActor(len(env.action_names), seed)
+    if name == "scripted":
+        from metta_agent.scripted import ScriptedPolicy
+
+        return ScriptedPolicy(game, num_agents=num_agents, seed=seed)
+    raise ValueError(f"unknown baseline '{name}'; choose one of: {', '.join(BASELINES)}")
+
+
+def run_episodes(game, episodes: int, seed: int, actor: Actor,
+                 observers: Sequence[EpisodeObserver] = ()) -> list[list[dict[str, float]]]:
+    """Play one episode in each of ``episodes`` envs (all in parallel); the finished episodes, each a list
+    of its agents' statistics."""
+    with VecEnv(game, num_envs=episodes, seed=seed, stagger_first_episodes=False, stat_keys=game_stat_keys(game),
+                first_env_index=EVAL_ENV_INDEX_BASE) as env:
+        obs = env.reset()
+        starts = np.ones(env.num_agents, dtype=bool)
         for observer in observers:
             observer.start(env)
         finished: list[dict[str, float]] = []
-        if agent is not None:
-            agent.reset_memory()
-            agent.eval()
-            was_greedy, agent.greedy = agent.greedy, greedy
         env_done = np.zeros(env.num_envs, dtype=bool)
-        try:
-            while not env_done.all():
-                if agent is None:
-                    actions = rng.integers(0, len(env.action_names), size=env.num_agents)
-                else:
-                    with torch.inference_mode():
-                        td = TensorDict({keys.ENV_OBS: obs, keys.DONES: starts,
-                                         keys.TRAINING_ENV_IDS: torch.arange(env.num_agents)},
-                                        batch_size=[env.num_agents])
-                        actions = agent(td)[keys.ACTIONS].numpy()
-                next_obs, rewards, terminals, truncations = env.step(actions)
-                ended = (terminals | truncations).reshape(env.num_envs, env.agents_per_env).all(axis=1)
-                for observer in observers:
-                    observer.after_step(actions, rewards, ended)
-                env_done |= ended
-                finished.extend(env.pop_episode_stats())
-                obs = torch.from_numpy(next_obs)
-                starts = torch.from_numpy(terminals | truncations)
-        finally:
-            if agent is not None:
-                agent.greedy = was_greedy
-        return finished
+        while not env_done.all():
+            actions = actor.act(obs, starts)
+            obs, rewards, terminals, truncations = env.step(actions)
+            ended = (terminals | truncations).reshape(env.num_envs, env.agents_per_env).all(axis=1)
+            for observer in observers:
+                observer.after_step(actions, rewards, ended)
+            env_done |= ended
+            finished.extend(env.pop_episode_stats())
+            starts = terminals | truncations
+        # An env reports its agents together, one after another.
+        per_agent = env.agents_per_env
+        return [finished[i:i + per_agent] for i in range(0, len(finished), per_agent)]
+
+
+def summarize(episodes: list[list[dict[str, float]]]) -> dict[str, float]:
+    """``mean_<stat>`` (per agent per episode) and ``mean_<stat>_stderr`` (over episodes) for every stat."""
+    if not episodes:
+        return {}
+    summary: dict[str, float] = {}
+    for name in episodes[0][0]:
+        per_episode = np.array([np.mean([agent[name] for agent in episode]) for episode in episodes])
+        short = name.removeprefix("episode_")
+        summary[f"mean_{short}"] = float(per_episode.mean())
+        summary[f"mean_{short}_stderr"] = standard_error(per_episode)
+    return summary
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean (0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return 0.0
+    return float(values.std(ddof=1) / math.sqrt(values.size))
 
 
 def evaluate(agent: MettaAgent, game, episodes: int = 8, seed: int = 0, greedy: bool = False,
-             replay_dir: str | Path | None = None, observers: Sequence[EpisodeObserver] = ()) -> dict[str, Any]:
-    """Mean episode return, length and game stats of ``agent`` and of a random policy on ``game``.
+             replay_dir: str | Path | None = None, observers: Sequence[EpisodeObserver] = (),
+             baselines: Sequence[str] = BASELINES) -> dict[str, Any]:
+    """Mean episode return, length and game stats (with standard errors) of ``agent`` and of each baseline
+    policy on ``game``, all on the same maps.
 
     ``replay_dir`` writes one MettaScope replay per episode of the agent (listed under ``replays``);
     ``observers`` (e.g. :class:`metta_agent.render.AsciiRenderer`) follow the agent's episodes.
@@ -100,20 +174,13 @@ def evaluate(agent: MettaAgent, game, episodes: int = 8, seed: int = 0, greedy: 
         label = game.label or "game"
         recorder = ReplayRecorder(replay_dir, f"{label}-{agent.settings.name.replace('/', '-')}-seed{seed}")
         observers.append(recorder)
-    torch.manual_seed(seed)
-    trained = run_episodes(game, episodes, seed, agent, greedy, observers)
-    random = run_episodes(game, episodes, seed, None)
+    trained = run_episodes(game, episodes, seed, AgentActor(agent, seed, greedy), observers)
     result: dict[str, Any] = {"episodes": episodes, "agents_per_episode": env.num_agents, "greedy": greedy,
                               "dropped_features": dropped_features, "untrained_actions": untrained_actions}
-    result.update({f"{name}": value for name, value in _means(trained).items()})
-    result.update({f"random_{name}": value for name, value in _means(random).items()})
+    result.update(summarize(trained))
+    for name in baselines:
+        played = run_episodes(game, episodes, seed, baseline_actor(name, game, episodes * env.num_agents, seed))
+        result.update({f"{name}_{key}": value for key, value in summarize(played).items()})
     if recorder is not None:
         result["replays"] = [str(path) for path in recorder.paths]
     return result
-
-
-def _means(episodes: list[dict[str, float]]) -> dict[str, float]:
-    if not episodes:
-        return {}
-    means = {f"mean_{name.removeprefix('episode_')}": float(np.mean([e[name] for e in episodes])) for name in episodes[0]}
-    return means

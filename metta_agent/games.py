@@ -9,10 +9,17 @@ timestep events.
 Games
 -----
 ``arena`` (default)
-    A re-creation of the reference "arena basic easy shaped" task: 24 agents on a 25x25 map inside a
-    6-cell wall border, 10 mines, 5 generators, 5 altars and 20 scattered walls. Mine -> ``ore_red``;
-    generator: 1 ``ore_red`` -> 1 ``battery_red``; altar: 1 ``battery_red`` -> 1 ``heart``. Shaped
-    inventory rewards: ore 0.1 each (capped at 1), battery 0.8 each (capped at 1), heart 1 each (cap 255).
+    The reference "arena basic easy shaped" task, laid out as the reference lays it out: 24 agents in a
+    2x2 grid of 25x25 areas with no walls between them (a 50x50 open interior inside a 6-cell wall
+    border). Each area holds 6 agents, 10 mines, 5 generators, 5 altars and 20 walls, placed at random.
+    Mine -> ``ore_red``; generator: 1 ``ore_red`` -> 1 ``battery_red``; altar: 1 ``battery_red`` -> 1
+    ``heart``. Shaped inventory rewards: ore 0.1 each (capped at 1), battery 0.8 each (capped at 1),
+    heart 1 each (cap 255). Stations store up to 5 items, start with 1 and gain one every 50 (mine),
+    25 (generator) or 10 (altar) steps: the reference's cooldowns.
+``arena_room``
+    The same stations and rewards with every agent in one 25x25 room: all 24 agents and one area's
+    stations (10 mines, 5 generators, 5 altars, 20 walls), each station holding one item and restocked
+    every 5 steps. This was metta-agent's first arena (4x the reference's agent density).
 ``heart``
     A small, fast-learning game for tests and demos: 4 agents on a 15x15 map inside a 1-cell wall
     border, 6 scattered walls and 4 altars that hand out a heart (reward 1) when used, 200-step
@@ -22,9 +29,11 @@ Games
 Cooldowns
 ---------
 mettagrid 0.26 has no converter cooldown, so a station's readiness is expressed with its *own
-inventory*: a station holds at most one unit of what it hands out (its "stock"), using it takes that
-unit, and a periodic event puts one unit back into every station of that type. A station can therefore
-serve at most one use per restock period, which is what a cooldown does. This costs no extra resource
+inventory*: a station holds a few units of what it hands out (its "stock"), using it takes one unit,
+and a periodic event puts one unit back into every station of that type, up to the stock limit. A
+station can therefore serve on average one use per restock period, which is what a cooldown does; the
+difference from the reference is that the restock phase is shared by all stations of a type and runs
+whether or not the station was used (a cooldown starts at each use). This costs no extra resource
 (no extra observation feature) and the stock is observable: agents see an ``inv:<resource>`` token on a
 ready station and none on an empty one, so "which station is ready" is learnable from the observation.
 The restock events are generated up to ``max_steps``: set the episode length through
@@ -33,7 +42,9 @@ restocking after the original length).
 
 Maps and seeds
 --------------
-Maps come from ``RandomMapBuilder``. The ``seed`` passed to ``Simulator().new_simulation(cfg, seed)``
+``arena`` builds its map with mettagrid's ``MapGen`` (4 instances of a ``Random`` scene, no border
+between them: the quadrants differ and one seed gives one map); ``arena_room`` and ``heart`` use
+``RandomMapBuilder``. Both have a ``seed`` field. The ``seed`` passed to ``Simulator().new_simulation(cfg, seed)``
 seeds only the C++ engine (tie-breaking between agents); it does **not** reach the map builder. With
 ``map_builder.seed`` left at ``None`` (what ``make_game`` returns) every episode gets a fresh map drawn
 from OS entropy: varied but not reproducible. For reproducible maps use :func:`with_map_seed`. When the
@@ -77,6 +88,8 @@ from mettagrid.config.query import query
 from mettagrid.config.reward_config import AgentReward, reward
 from mettagrid.config.tag import typeTag
 from mettagrid.map_builder.random_map import RandomMapBuilder
+from mettagrid.mapgen.mapgen import MapGenConfig
+from mettagrid.mapgen.scenes.random import RandomConfig
 
 from metta_agent.errors import UsageError
 
@@ -91,7 +104,7 @@ __all__ = [
     "with_map_seed",
 ]
 
-GAME_NAMES: tuple[str, ...] = ("arena", "heart")
+GAME_NAMES: tuple[str, ...] = ("arena", "arena_room", "heart")
 DEFAULT_GAME = "arena"
 
 # The reference agents' observation geometry (SPEC section 2). Policies must still read the window
@@ -103,19 +116,24 @@ ORE = "ore_red"
 BATTERY = "battery_red"
 HEART = "heart"
 
-# Arena geometry and contents (SPEC section 2: "arena basic easy shaped").
+# Arena contents (SPEC section 2: "arena basic easy shaped"), shared by both layouts.
 ARENA_AGENTS = 24
-ARENA_INNER = 25
-ARENA_BORDER = 6
 ARENA_OBJECT_COUNTS = {"mine_red": 10, "generator_red": 5, "altar": 5, "wall": 20}
 ARENA_MAX_STEPS = 1000
-# Restock period of every arena station, in steps. 5 matches the cooldown of the reference's station
-# defaults. It bounds supply at 10 mines * 1000 / 5 = 2000 ore (5 altars: 1000 hearts) per 1000-step
-# episode, far above the ~480 a strong policy needs (reference: ~20 hearts per agent), so supply never
-# caps learning, while a station emptied by one agent is briefly useless to the next (agents gain by
-# spreading out rather than queueing or bumping one station every step). Measured with random actions:
-# ~230 ore / 63 batteries / 25 hearts per episode, against ~290 / 90 / 31 with a restock every step.
-ARENA_RESTOCK_PERIOD = 5
+ARENA_BORDER = 6
+# The reference layout: 4 areas of 25x25, 6 agents and ARENA_OBJECT_COUNTS each, side by side with no
+# walls between them (a 50x50 open interior).
+ARENA_AREAS = 4
+ARENA_AREA_SIZE = 25
+ARENA_AREA_AGENTS = ARENA_AGENTS // ARENA_AREAS
+# The reference stations: a cooldown of 50 (mine), 25 (generator) or 10 (altar) steps, up to 5 items
+# stored, 1 at the start. Supply per area and 1000-step episode: 10 mines x (1 + 1000 / 50) = 210 ore,
+# so at most 35 hearts per agent: ore, not altars, bounds the score.
+ARENA_RESTOCK_PERIODS = {"mine_red": 50, "generator_red": 25, "altar": 10}
+ARENA_STATION_STOCK = 5
+# The one-room layout (``arena_room``): all 24 agents and one area's stations in a single 25x25 room,
+# each station holding one item, restocked every 5 steps (our first arena; not the reference's values).
+ARENA_ROOM_RESTOCK_PERIOD = 5
 # Agents carry at most this much of any resource (as in the reference arena); hearts get 255 so the
 # heart reward cap is reachable.
 ARENA_AGENT_INVENTORY_LIMIT = 50
@@ -140,8 +158,7 @@ class _GameSpec:
 
     build: Callable[[int], MettaGridConfig]
     default_max_steps: int
-    inner_size: int
-    border: int
+    map_text: str
     description: str
     # Metric name -> per-agent stat name in the engine's episode stats.
     stat_keys: dict[str, str]
@@ -214,7 +231,7 @@ def describe_game(name: str) -> dict:
     return {
         "name": name,
         "agents": cfg.game.num_agents,
-        "map": f"{spec.inner_size}x{spec.inner_size} (+{spec.border} border)",
+        "map": spec.map_text,
         "actions": [action.name for action in cfg.game.actions.actions()],
         "num_features": len(cfg.game.id_map().features()),
         "max_steps": cfg.game.max_steps,
@@ -245,20 +262,20 @@ def _obs() -> ObsConfig:
     return ObsConfig(width=OBS_WINDOW, height=OBS_WINDOW, num_tokens=OBS_NUM_TOKENS)
 
 
-def _station(name: str, stock: str, handler: Handler) -> GridObjectConfig:
-    """A usable object that holds at most one unit of ``stock`` and starts stocked (see "Cooldowns")."""
+def _station(name: str, stock: str, handler: Handler, limit: int = 1) -> GridObjectConfig:
+    """A usable object that holds up to ``limit`` units of ``stock`` and starts with one (see "Cooldowns")."""
     return GridObjectConfig(
         name=name,
         inventory=InventoryConfig(
             initial={stock: 1},
-            limits={stock: ResourceLimitsConfig(base=1, max=1, resources=[stock])},
+            limits={stock: ResourceLimitsConfig(base=limit, max=limit, resources=[stock])},
         ),
         on_use_handler=handler,
     )
 
 
 def _restock(name: str, stock: str, period: int, max_steps: int) -> EventConfig:
-    """Every ``period`` steps, add one ``stock`` to every ``name`` object (the stock limit caps it at 1)."""
+    """Every ``period`` steps, add one ``stock`` to every ``name`` object (its stock limit caps it)."""
     return EventConfig(
         name=f"restock_{name}",
         target_query=query(typeTag(name)),
@@ -300,7 +317,7 @@ def _game(
     objects: dict[str, GridObjectConfig],
     events: dict[str, EventConfig],
     agent: AgentConfig,
-    map_builder: RandomMapBuilder.Config,
+    map_builder: RandomMapBuilder.Config | MapGenConfig,
 ) -> MettaGridConfig:
     """Settings shared by every game."""
     return MettaGridConfig(
@@ -329,12 +346,14 @@ def _game(
 # Games
 
 
-def _build_arena(max_steps: int) -> MettaGridConfig:
-    """The arena: mine -> ore, generator: ore -> battery, altar: battery -> heart."""
+def _arena_game(max_steps: int, restock_periods: dict[str, int], stock_limit: int,
+                map_builder: RandomMapBuilder.Config | MapGenConfig) -> MettaGridConfig:
+    """The arena's chain: mine -> ore, generator: ore -> battery, altar: battery -> heart."""
     mine = _station(
         "mine_red",
         ORE,
         Handler(filters=[targetHas({ORE: 1})], mutations=[withdraw({ORE: 1})]),
+        stock_limit,
     )
     generator = _station(
         "generator_red",
@@ -343,6 +362,7 @@ def _build_arena(max_steps: int) -> MettaGridConfig:
             filters=[actorHas({ORE: 1}), targetHas({BATTERY: 1})],
             mutations=[updateActor({ORE: -1}), withdraw({BATTERY: 1})],
         ),
+        stock_limit,
     )
     altar = _station(
         "altar",
@@ -351,6 +371,7 @@ def _build_arena(max_steps: int) -> MettaGridConfig:
             filters=[actorHas({BATTERY: 1}), targetHas({HEART: 1})],
             mutations=[updateActor({BATTERY: -1}), withdraw({HEART: 1})],
         ),
+        stock_limit,
     )
     stations = [(mine, ORE), (generator, BATTERY), (altar, HEART)]
     agent = AgentConfig(
@@ -370,12 +391,37 @@ def _build_arena(max_steps: int) -> MettaGridConfig:
         resources=[ORE, BATTERY, HEART],
         objects={obj.name: obj for obj, _ in stations},
         events={
-            f"restock_{obj.name}": _restock(obj.name, stock, ARENA_RESTOCK_PERIOD, max_steps)
+            f"restock_{obj.name}": _restock(obj.name, stock, restock_periods[obj.name], max_steps)
             for obj, stock in stations
         },
         agent=agent,
-        map_builder=_random_map(ARENA_INNER, ARENA_BORDER, ARENA_AGENTS, ARENA_OBJECT_COUNTS),
+        map_builder=map_builder,
     )
+
+
+def _build_arena(max_steps: int) -> MettaGridConfig:
+    """The reference layout: 4 random 25x25 areas side by side, no walls between them.
+
+    Each area is a ``Random`` scene instance of ``MapGen``: MapGen derives each instance's seed from its
+    own, so the areas differ and one map seed gives one map (a ``RandomMapBuilder`` instance would
+    give four identical areas, or ignore the seed).
+    """
+    areas = MapGenConfig(
+        width=ARENA_AREA_SIZE,
+        height=ARENA_AREA_SIZE,
+        instances=ARENA_AREAS,
+        instance_border_width=0,
+        border_width=ARENA_BORDER,
+        instance=RandomConfig(agents=ARENA_AREA_AGENTS, objects=dict(ARENA_OBJECT_COUNTS)),
+    )
+    return _arena_game(max_steps, ARENA_RESTOCK_PERIODS, ARENA_STATION_STOCK, areas)
+
+
+def _build_arena_room(max_steps: int) -> MettaGridConfig:
+    """Every agent and one area's stations in one 25x25 room; one-item stations restocked every 5 steps."""
+    periods = {name: ARENA_ROOM_RESTOCK_PERIOD for name in ARENA_RESTOCK_PERIODS}
+    room = _random_map(ARENA_AREA_SIZE, ARENA_BORDER, ARENA_AGENTS, ARENA_OBJECT_COUNTS)
+    return _arena_game(max_steps, periods, 1, room)
 
 
 def _build_heart(max_steps: int) -> MettaGridConfig:
@@ -401,24 +447,35 @@ def _build_heart(max_steps: int) -> MettaGridConfig:
     )
 
 
+_ARENA_STATS = {"ore": f"{ORE}.gained", "batteries": f"{BATTERY}.gained", "hearts": f"{HEART}.gained"}
+
 _GAMES: dict[str, _GameSpec] = {
     "arena": _GameSpec(
         build=_build_arena,
         default_max_steps=ARENA_MAX_STEPS,
-        inner_size=ARENA_INNER,
-        border=ARENA_BORDER,
+        map_text=f"2x2 x {ARENA_AREA_SIZE}x{ARENA_AREA_SIZE} (+{ARENA_BORDER} border)",
         description=(
-            "24 agents; mines give ore_red, generators turn ore into battery_red, altars turn a "
-            "battery into a heart. Shaped rewards: ore 0.1 (max 1), battery 0.8 (max 1), heart 1. "
-            f"Stations serve once per {ARENA_RESTOCK_PERIOD} steps."
+            "24 agents in 4 open 25x25 areas (6 agents, 10 mines, 5 generators, 5 altars, 20 walls each); "
+            "mines give ore_red, generators turn ore into battery_red, altars turn a battery into a heart. "
+            "Shaped rewards: ore 0.1 (max 1), battery 0.8 (max 1), heart 1. Stations store up to 5 items and "
+            "gain one every 50 (mine), 25 (generator), 10 (altar) steps."
         ),
-        stat_keys={"ore": f"{ORE}.gained", "batteries": f"{BATTERY}.gained", "hearts": f"{HEART}.gained"},
+        stat_keys=dict(_ARENA_STATS),
+    ),
+    "arena_room": _GameSpec(
+        build=_build_arena_room,
+        default_max_steps=ARENA_MAX_STEPS,
+        map_text=f"{ARENA_AREA_SIZE}x{ARENA_AREA_SIZE} (+{ARENA_BORDER} border)",
+        description=(
+            "The arena's stations and rewards with all 24 agents in one 25x25 room (one area's stations: "
+            f"4x the reference density); stations hold one item, restocked every {ARENA_ROOM_RESTOCK_PERIOD} steps."
+        ),
+        stat_keys=dict(_ARENA_STATS),
     ),
     "heart": _GameSpec(
         build=_build_heart,
         default_max_steps=HEART_MAX_STEPS,
-        inner_size=HEART_INNER,
-        border=HEART_BORDER,
+        map_text=f"{HEART_INNER}x{HEART_INNER} (+{HEART_BORDER} border)",
         description=(
             f"{HEART_AGENTS} agents, {HEART_ALTARS} altars; using a stocked altar gives a heart "
             f"(reward 1); altars restock every {HEART_RESTOCK_PERIOD} steps. Small and fast to learn: "

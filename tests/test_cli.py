@@ -63,7 +63,7 @@ def test_config_precedence_defaults_file_flags_set(tmp_path):
 
 def test_train_writes_the_run_directory_then_eval_compares_with_random(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("train", *SMALL, "--steps", "1024", "--run-dir", str(run_dir),
+    result = run_cli("train", *SMALL, "--steps", "1024", "--run-dir", str(run_dir), "--json",
                      "--set", "trainer.checkpoint_interval=1", "--set", "trainer.keep_checkpoints=1")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -107,7 +107,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "metta_agent.cli", "train", *SMALL, "--steps", "10000000",
-                                "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--run-dir", str(run_dir), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):

@@ -23,7 +23,7 @@ def test_two_ranks_train_with_identical_weights(tmp_path):
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "metta_agent.cli", "train", "--nproc-per-node", "2", *TINY, "--steps", "4096",
-         "--run-dir", str(run_dir), "--quiet"],
+         "--run-dir", str(run_dir), "--quiet", "--json"],
         capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]

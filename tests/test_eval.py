@@ -248,3 +248,25 @@ def test_render_symbols():
     objects = {1: {"type_name": "wall", "r": 0, "c": 0}, 2: {"type_name": "altar", "r": 1, "c": 1},
                3: {"type_name": "agent", "agent_id": 2, "r": 1, "c": 2}}
     assert render_grid(objects, 2, 3, symbols) == ["#..", ".A2"]
+
+
+def test_eval_reports_the_baselines_with_standard_errors(heart_component_run, capsys):
+    report = eval_json(capsys, heart_component_run, "--episodes", "3", "--seed", "2")
+    for prefix in ("", "random_", "scripted_"):
+        for stat in ("return", "length", "hearts"):
+            assert math.isfinite(report[f"{prefix}mean_{stat}"]), prefix + stat
+            assert report[f"{prefix}mean_{stat}_stderr"] >= 0, prefix + stat
+    assert report["mean_length_stderr"] == 0.0  # every episode runs to the time limit
+    # The scripted policy is the bar: far above random play on the heart game.
+    assert report["scripted_mean_hearts"] > 5 * report["random_mean_hearts"]
+    text = run_eval(capsys, heart_component_run, "--episodes", "2").out
+    assert "scripted" in text and "+-" in text
+
+
+def test_standard_error_is_taken_over_episodes():
+    from metta_agent.evaluate import summarize
+
+    episodes = [[{"episode_return": 1.0}, {"episode_return": 3.0}], [{"episode_return": 4.0}, {"episode_return": 4.0}]]
+    summary = summarize(episodes)
+    assert summary["mean_return"] == 3.0  # episode means 2 and 4
+    assert summary["mean_return_stderr"] == pytest.approx(1.0)  # std([2, 4], ddof=1) / sqrt(2)

@@ -22,8 +22,8 @@ from metta_agent.games import (
     with_map_seed,
 )
 
-EXPECTED_AGENTS = {"arena": 24, "heart": 4}
-EXPECTED_MAX_STEPS = {"arena": 1000, "heart": 200}
+EXPECTED_AGENTS = {"arena": 24, "arena_room": 24, "heart": 4}
+EXPECTED_MAX_STEPS = {"arena": 1000, "arena_room": 1000, "heart": 200}
 MOVE_ACTIONS = {"noop", "move_north", "move_south", "move_west", "move_east"}
 
 
@@ -48,7 +48,7 @@ def _stat_totals(sim: Simulation, name: str) -> dict[str, float]:
 
 
 def test_names_and_default() -> None:
-    assert GAME_NAMES == ("arena", "heart")
+    assert GAME_NAMES == ("arena", "arena_room", "heart")
     assert DEFAULT_GAME == "arena"
 
 
@@ -90,14 +90,15 @@ def test_unknown_game_names_the_choices(bad: str) -> None:
     for call in (make_game, describe_game, game_stat_keys):
         with pytest.raises(UsageError) as info:
             call(bad)
-        assert str(info.value) == f"unknown game '{bad}'; choose one of: arena, heart"
+        assert str(info.value) == f"unknown game '{bad}'; choose one of: arena, arena_room, heart"
 
 
 def test_describe_game() -> None:
     arena = describe_game("arena")
     assert arena["name"] == "arena"
     assert arena["agents"] == 24
-    assert arena["map"] == "25x25 (+6 border)"
+    assert arena["map"] == "2x2 x 25x25 (+6 border)"
+    assert describe_game("arena_room")["map"] == "25x25 (+6 border)"
     assert set(arena["actions"]) == MOVE_ACTIONS
     assert arena["max_steps"] == 1000
     assert arena["num_features"] == len(make_game("arena").game.id_map().features())
@@ -107,18 +108,67 @@ def test_describe_game() -> None:
     assert heart["num_features"] < arena["num_features"]  # fewer resources, fewer features
 
 
-def test_arena_map_geometry() -> None:
-    sim = Simulator().new_simulation(with_map_seed(make_game("arena"), 0), 0)
-    assert (sim.map_width, sim.map_height) == (37, 37)  # 25 inner + 2 * 6 border
+def _object_counts(sim: Simulation, rows: range | None = None, cols: range | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
     for obj in sim.grid_objects().values():
-        counts[obj["type_name"]] = counts.get(obj["type_name"], 0) + 1
-    assert counts["mine_red"] == 10
-    assert counts["generator_red"] == 5
-    assert counts["altar"] == 5
+        row, col = obj["location"][1], obj["location"][0]
+        if (rows is None or row in rows) and (cols is None or col in cols):
+            name = "agent" if "agent_id" in obj else obj["type_name"]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_arena_room_map_geometry() -> None:
+    sim = Simulator().new_simulation(with_map_seed(make_game("arena_room"), 0), 0)
+    assert (sim.map_width, sim.map_height) == (37, 37)  # 25 inner + 2 * 6 border
+    counts = _object_counts(sim)
+    assert (counts["mine_red"], counts["generator_red"], counts["altar"], counts["agent"]) == (10, 5, 5, 24)
     assert counts["wall"] == 20 + (37 * 37 - 25 * 25)  # scattered walls + the border ring
-    assert sum(1 for obj in sim.grid_objects().values() if "agent_id" in obj) == 24
     assert sim._c_sim.observations().shape == (24, 200, 3)
+
+
+def _quadrants() -> list[tuple[range, range]]:
+    """The four 25x25 areas of the arena's 50x50 interior (inside the 6-cell border)."""
+    halves = (range(6, 31), range(31, 56))
+    return [(rows, cols) for rows in halves for cols in halves]
+
+
+def _quadrant_layout(sim: Simulation, rows: range, cols: range) -> list[tuple[str, int, int]]:
+    """Objects of one area, at positions relative to the area's corner."""
+    return sorted((obj["type_name"], obj["location"][1] - rows.start, obj["location"][0] - cols.start)
+                  for obj in sim.grid_objects().values() if obj["location"][1] in rows and obj["location"][0] in cols)
+
+
+def test_arena_is_four_open_areas_as_the_reference_lays_them_out() -> None:
+    sim = Simulator().new_simulation(with_map_seed(make_game("arena"), 0), 0)
+    assert (sim.map_width, sim.map_height) == (62, 62)  # 2 x 25 inner + 2 * 6 border
+    for rows, cols in _quadrants():
+        counts = _object_counts(sim, rows, cols)
+        assert (counts["agent"], counts["mine_red"], counts["generator_red"], counts["altar"], counts["wall"]) == (
+            6, 10, 5, 5, 20)
+    total = _object_counts(sim)
+    assert total["wall"] == 4 * 20 + (62 * 62 - 50 * 50)  # no walls between the areas: only the border ring
+    layouts = [_quadrant_layout(sim, rows, cols) for rows, cols in _quadrants()]
+    assert len({tuple(layout) for layout in layouts}) == 4, "the four areas differ"
+    assert sim._c_sim.observations().shape == (24, 200, 3)
+
+
+def test_arena_map_follows_its_seed() -> None:
+    def layout(seed: int) -> list:
+        return _layout(Simulator().new_simulation(with_map_seed(make_game("arena"), seed), 0))
+
+    assert layout(3) == layout(3)
+    assert layout(3) != layout(4)
+
+
+def test_arena_stations_store_five_and_restock_at_the_reference_periods() -> None:
+    cfg = make_game("arena")
+    objects = cfg.game.objects
+    for name, stock in (("mine_red", "ore_red"), ("generator_red", "battery_red"), ("altar", "heart")):
+        assert objects[name].inventory.initial == {stock: 1}
+        assert objects[name].inventory.limits[stock].max == 5
+    periods = {name: event.timesteps[1] - event.timesteps[0] for name, event in cfg.game.events.items()}
+    assert periods == {"restock_mine_red": 50, "restock_generator_red": 25, "restock_altar": 10}
 
 
 def test_arena_chain_with_random_actions() -> None:

@@ -54,7 +54,7 @@ def test_sigkill_then_resume_continues_without_repeating_an_epoch(tmp_path):
     assert saved_epoch < logged[-1], "the kill should land after an epoch newer than the checkpoint"
 
     total = 512 * (logged[-1] + 2)
-    result = cli("train", "--run-dir", str(run_dir), "--resume", "--steps", str(total), "--quiet")
+    result = cli("train", "--run-dir", str(run_dir), "--resume", "--steps", str(total), "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     rows = metric_rows(run_dir)
     epochs = [row["epoch"] for row in rows]

@@ -41,6 +41,8 @@ class MettaAgent(nn.Module):
         # Evaluation only: act by argmax instead of sampling. Training always samples (PPO needs the
         # stochastic policy), so this is a plain attribute, not saved in checkpoints.
         self.greedy = False
+        # Where sampling draws from: None = torch's global stream (training); evaluation passes its own.
+        self.sampling_generator: torch.Generator | None = None
         self.initialize_to_environment(env.features, env.action_names)
 
     # ---- environment ------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ class MettaAgent(nn.Module):
             if self.greedy:
                 actions = log_probs.argmax(-1)
             else:
-                actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+                actions = torch.multinomial(log_probs.exp(), 1, generator=self.sampling_generator).squeeze(-1)
             td[keys.ACTIONS] = actions
         else:
             actions = td[keys.ACTIONS].long()

@@ -131,10 +131,25 @@ class Trainer:
         self._agent_ids = torch.arange(self.num_agents, device=self.device)
         # Page-locked staging for observations bound for a GPU: one asynchronous copy per step.
         self._pinned_obs = torch.empty_like(self._obs).pin_memory() if self.device.type == "cuda" else None
+        # The in-training evaluation plays a copy of the policy (rank 0 only), so the training agents' memory,
+        # torch's global random stream and the train/eval mode stay untouched. Building the copy draws initial
+        # weights: fork_rng puts the global stream back as it was.
+        self._eval_agent: MettaAgent | None = None
+        if cfg.eval_interval > 0 and self.world.is_main:
+            with torch.random.fork_rng(devices=[]):
+                self._eval_agent = build_agent(config.agent, self.env_info).to(self.device)
 
     # ---- main loop ----------------------------------------------------------------------------------------
 
     def train(self) -> TrainState:
+        """Train to ``trainer.total_agent_steps`` (or until Ctrl-C); the run's state at the end."""
+        for _ in self.epochs():
+            pass
+        return self.state
+
+    def epochs(self):
+        """Train epoch by epoch, yielding each epoch's metrics row after it is logged (a sweep reads the eval
+        points this way and may stop early: closing the generator saves a checkpoint, as the end does)."""
         cfg = self.config.trainer
         self._open_logs()
         progress = Progress(cfg.total_agent_steps, enabled=self.show_progress and self.world.is_main)
@@ -145,10 +160,17 @@ class Trainer:
                 progress.update(self.state.agent_steps, None)
                 while self.state.agent_steps < cfg.total_agent_steps and not self._stop_agreed():
                     metrics = self.run_epoch()
+                    if self._eval_due():
+                        metrics.update(self.evaluate_policy())
                     self._log(metrics)
                     progress.update(self.state.agent_steps, metrics)
                     if self.state.epoch % cfg.checkpoint_interval == 0:
                         self.save_checkpoint()
+                    try:
+                        yield metrics
+                    except GeneratorExit:  # the consumer stopped early: keep what was trained
+                        self.save_checkpoint()
+                        raise
             if self._stop_requested:
                 progress.note("interrupted: saving a checkpoint")
             self.save_checkpoint()
@@ -160,7 +182,32 @@ class Trainer:
             from metta_agent.plot import plot_learning_curve
 
             plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
-        return self.state
+
+    # ---- evaluation during training -----------------------------------------------------------------------
+
+    def _eval_due(self) -> bool:
+        """Every ``trainer.eval_interval`` epochs (counted from the run's start, so a resume keeps the
+        schedule) and after the last epoch."""
+        if self._eval_agent is None:
+            return False
+        last = self.state.agent_steps >= self.config.trainer.total_agent_steps
+        return last or self.state.epoch % self.config.trainer.eval_interval == 0
+
+    def evaluate_policy(self) -> dict[str, float]:
+        """``eval/<stat>`` (and ``eval/<stat>_stderr``) of the current policy on ``trainer.eval_episodes`` fresh
+        maps, sampling actions. The maps are the evaluation domain's (never training's), the same at every
+        eval point of the run, so points differ by the policy only."""
+        from metta_agent.evaluate import AgentActor, run_episodes, summarize
+
+        assert self._eval_agent is not None
+        start = time.perf_counter()
+        cfg = self.config.trainer
+        self._eval_agent.load_state_dict(self.agent.state_dict())
+        actor = AgentActor(self._eval_agent, seed=cfg.seed)
+        summary = summarize(run_episodes(self.game, cfg.eval_episodes, cfg.seed, actor))
+        metrics = {f"eval/{name.removeprefix('mean_')}": value for name, value in summary.items()}
+        metrics["eval_seconds"] = time.perf_counter() - start
+        return metrics
 
     def run_epoch(self) -> dict[str, Any]:
         epoch_start = time.perf_counter()
