@@ -100,9 +100,9 @@ def test_two_workers_share_one_study(tmp_path):
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     # The only failed trials are ones a worker was handed after the other one had filled the last slot.
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
-    # Each trial ran in exactly one worker, and both workers ran trials.
+    # Each trial ran in exactly one worker; together they ran the study's 4, not 4 each. (Which worker ran
+    # how many depends on how fast each one started, so it is not asserted.)
     ran = [trials_reported(err) for _, err in outputs]
-    assert all(ran), ran
     assert sorted(ran[0] + ran[1]) == sorted(t.number for t in done)
     run_dirs = [Path(t.user_attrs["run_dir"]) for t in done]
     assert len(set(run_dirs)) == 4
