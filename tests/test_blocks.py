@@ -42,11 +42,15 @@ def test_normalizer_divides_each_feature_plane():
     assert normalizer(box)[0, :, 0, 0].tolist() == [8.0, 4.0, 2.0]
 
 
-def test_lstm_core_init_orthogonal_weights_and_unit_biases():
+def test_lstm_core_init_orthogonal_weights_zero_biases_and_forget_gate_one():
     core = RecurrentCore(128, 128, 2)
     for name, param in core.lstm.named_parameters():
         if name.startswith("bias"):
-            assert torch.all(param == 1.0)
+            # Gate order input, forget, cell, output: only the forget gate starts open (+1).
+            expected = torch.zeros(4 * 128)
+            if name.startswith("bias_ih"):
+                expected[128:256] = 1.0
+            assert torch.equal(param.detach(), expected)
         else:
             gram = param.T @ param  # [512,128] or [512,128]: columns orthonormal
             assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-4)

@@ -105,7 +105,9 @@ def test_heart_checkpoint_evaluates_on_arena(heart_component_run, capsys):
     report = eval_json(capsys, heart_component_run, "--game", "arena", "--episodes", "1", "--max-steps", "50")
     assert report["game"] == "arena" and report["agents_per_episode"] == 24 and report["mean_length"] == 50
     # Arena's ore and battery inventories are features the heart agent was not built with; its actions match.
-    assert report["dropped_features"] == ["inv:ore_red", "inv:ore_red:p1", "inv:battery_red", "inv:battery_red:p1"]
+    # So are the object types heart does not have.
+    assert report["dropped_features"] == ["inv:ore_red", "inv:ore_red:p1", "inv:battery_red", "inv:battery_red:p1",
+                                          "tag=type:generator_red", "tag=type:mine_red"]
     assert report["untrained_actions"] == []
     for key in ("mean_return", "random_mean_return", "mean_hearts", "mean_ore", "random_mean_ore"):
         assert math.isfinite(report[key]) and report[key] >= 0, key

@@ -19,7 +19,7 @@ from metta_agent.blocks.heads import MAX_ACTION_EMBEDDINGS, ActionEmbedding
 from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer, ValueNormalizer
 from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.config import AgentSettings
-from metta_agent.env.info import EnvInfo, Feature
+from metta_agent.env.info import TAG_PREFIX, EnvInfo, Feature, tag_token_table
 
 
 class MettaAgent(nn.Module):
@@ -56,6 +56,10 @@ class MettaAgent(nn.Module):
             if known is not None:
                 remap[feature.id] = known.id
         self.feature_remap.copy_(remap)
+        # Object types arrive as one ``tag`` token; an agent built with one-hot tag features reads each as the
+        # token of its own feature (env/info.py). An agent built without them reads the raw tag value.
+        has_one_hot_tags = any(name.startswith(TAG_PREFIX) for name in self.original_features)
+        self._tag_rewrite = tag_token_table(features) if has_one_hot_tags else None
         self._remap_needed = any(
             self.original_features.get(f.name) is None or self.original_features[f.name].id != f.id for f in features
         )
@@ -98,15 +102,22 @@ class MettaAgent(nn.Module):
             return td
         return self._run(td, td.batch_size[0], 1, sample=keys.ACTIONS not in td.keys())
 
+    def read_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The game's tokens as this agent's policy reads them: object types one-hot, feature ids mapped by name
+        onto the agent's own (a feature it was not built with gets id 255 and is dropped)."""
+        if self._tag_rewrite is not None:
+            tokens = _one_hot_tags(tokens, *self._tag_rewrite)
+        if self._remap_needed:
+            feature = self.feature_remap[tokens[..., 1].long()]
+            tokens = torch.stack((tokens[..., 0], feature, tokens[..., 2]), dim=-1)
+        return tokens
+
     def _run(self, td: TensorDict, batch: int, bptt: int, sample: bool) -> TensorDict:
         n = batch * bptt
         device = td.device if td.device is not None else td[keys.ENV_OBS].device
         td[keys.BPTT] = torch.full((n,), bptt, dtype=torch.long, device=device)
         td[keys.BATCH] = torch.full((n,), batch, dtype=torch.long, device=device)
-        if self._remap_needed:
-            tokens = td[keys.ENV_OBS]
-            feature = self.feature_remap[tokens[..., 1].long()]
-            td[keys.ENV_OBS] = torch.stack((tokens[..., 0], feature, tokens[..., 2]), dim=-1)
+        td[keys.ENV_OBS] = self.read_tokens(td[keys.ENV_OBS])
         logits, values = self.policy(td)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         if sample:
@@ -189,3 +200,10 @@ class MettaAgent(nn.Module):
             "action_names": list(self.action_names),
         }
 
+
+def _one_hot_tags(tokens: torch.Tensor, tag_feature: int, first_tag_feature: int) -> torch.Tensor:
+    """Each ``(location, tag, v)`` token becomes ``(location, first_tag_feature + v, 1)``; others pass as they are."""
+    is_tag = tokens[..., 1] == tag_feature
+    feature = torch.where(is_tag, tokens[..., 2] + first_tag_feature, tokens[..., 1])
+    value = torch.where(is_tag, torch.ones_like(tokens[..., 2]), tokens[..., 2])
+    return torch.stack((tokens[..., 0], feature, value), dim=-1)

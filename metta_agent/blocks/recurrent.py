@@ -21,7 +21,12 @@ from metta_agent.blocks import fused_lstm
 
 
 class RecurrentCore(nn.Module):
-    """``nn.LSTM(input -> hidden, num_layers)``; all weights orth(1), all biases 1 (every gate starts at +2)."""
+    """``nn.LSTM(input -> hidden, num_layers)``; all weights orth(1); biases 0 but the forget gate's, 1.
+
+    The reference set every bias to 1 (each gate at +2). The cell candidate then sits at tanh(2) = 0.96 for
+    any input, the cell state climbs to ~7 and tanh(c) is flat, so almost no gradient flows through the
+    memory at first (docs/learning.md). A forget-gate bias of 1 keeps memory by default without that.
+    """
 
     def __init__(self, input_size: int = 128, hidden_size: int = 128, num_layers: int = 2):
         super().__init__()
@@ -31,7 +36,10 @@ class RecurrentCore(nn.Module):
             if name.startswith("weight"):
                 nn.init.orthogonal_(param, 1.0)
             else:
-                nn.init.constant_(param, 1.0)
+                nn.init.zeros_(param)
+                if name.startswith("bias_ih"):
+                    # nn.LSTM's gate order is input, forget, cell, output.
+                    nn.init.ones_(param[hidden_size:2 * hidden_size])
         # Per-agent rollout state [num_layers, agents, hidden]; not a parameter, not checkpointed.
         self._memory_h: torch.Tensor | None = None
         self._memory_c: torch.Tensor | None = None
