@@ -18,7 +18,7 @@ from metta_agent.errors import UsageError
 
 @dataclass
 class AgentSettings:
-    """Which architecture to build and its weight-management parameters (SPEC section 4)."""
+    """Which architecture to build and its weight-management parameters (docs/design.md, "MettaAgent")."""
 
     name: str = "pytorch/fast"
     """Architecture: a component name (``fast``...), ``pytorch/<name>``, or a path to a component YAML."""
@@ -42,7 +42,7 @@ class GameSettings:
 
 @dataclass
 class TrainerSettings:
-    """PPO hyper-parameters (SPEC section 9); counts are agent steps over all ranks."""
+    """PPO hyper-parameters (docs/design.md, "PPO trainer"); counts are agent steps over all ranks."""
 
     total_agent_steps: int = 10_000_000
     """Stop at the first epoch boundary at or past this many agent steps."""

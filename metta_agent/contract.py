@@ -1,4 +1,5 @@
-"""The TensorDict keys that travel between trainer and policy (SPEC section 3), each written down once.
+"""The TensorDict keys that travel between trainer and policy, each written down once (docs/design.md,
+"Policy contract").
 
 Rollout batches are ``[N]`` (one row per agent); training batches are ``[B, TT]`` segments that the
 policy flattens row-major (``index = b * TT + t``).

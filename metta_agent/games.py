@@ -107,7 +107,7 @@ __all__ = [
 GAME_NAMES: tuple[str, ...] = ("arena", "arena_room", "heart")
 DEFAULT_GAME = "arena"
 
-# The reference agents' observation geometry (SPEC section 2). Policies must still read the window
+# The reference agents' observation geometry (docs/design.md, "Games"). Policies must still read the window
 # and token count from the env; these constants only configure the games.
 OBS_WINDOW = 11
 OBS_NUM_TOKENS = 200
@@ -116,7 +116,7 @@ ORE = "ore_red"
 BATTERY = "battery_red"
 HEART = "heart"
 
-# Arena contents (SPEC section 2: "arena basic easy shaped"), shared by both layouts.
+# Arena contents (the reference's "arena basic easy shaped"; docs/design.md, "Games"), shared by both layouts.
 ARENA_AGENTS = 24
 ARENA_OBJECT_COUNTS = {"mine_red": 10, "generator_red": 5, "altar": 5, "wall": 20}
 ARENA_MAX_STEPS = 1000

@@ -2,7 +2,7 @@
 
 The policy maps a flat batch to logits and values; this wrapper owns everything both forms share:
 feature-id remapping by name, action rows by name, flattening ``[B, TT]`` batches, sampling and
-log-probabilities, and weight management (SPEC sections 3, 4 and 8).
+log-probabilities, and weight management (docs/design.md, "Policy contract", "MettaAgent" and "Weight management").
 """
 
 from __future__ import annotations

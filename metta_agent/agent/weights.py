@@ -1,4 +1,4 @@
-"""Weight management shared by both policy forms (SPEC section 8): clipping, L2-init loss, spectra.
+"""Weight management shared by both policy forms (docs/design.md, "Weight management"): clipping, L2-init loss, spectra.
 
 A policy names its clipped layers (``{name: (module, clip_scale)}``); the same names in both forms give the
 same bounds. The initial weights are kept as buffers so the L2-init term and the clip bounds survive a

@@ -1,4 +1,4 @@
-"""Building blocks shared by both policy forms (SPEC section 5).
+"""Building blocks shared by both policy forms (docs/design.md, "Building blocks").
 
 The split follows encoder -> recurrent core -> heads: ``observation`` and ``attention`` hold encoders,
 ``recurrent`` the LSTM core with its per-agent state, ``heads`` the critic and the actor. The component

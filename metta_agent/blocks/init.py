@@ -1,4 +1,4 @@
-"""Initialisers named as in the SPEC: "orth(g)" = orthogonal with gain g, bias 0."""
+"""Initialisers as docs/design.md ("Building blocks") names them: "orth(g)" = orthogonal with gain g, bias 0."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The LSTM core and the per-agent recurrent state (SPEC section 7).
+"""The LSTM core and the per-agent recurrent state (docs/design.md, "Recurrent state").
 
 Where the state is reset:
 - rollout (``bptt == 1``): each agent's state is kept in ``memory`` at row ``training_env_ids``; it is

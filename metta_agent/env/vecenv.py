@@ -12,7 +12,7 @@ Auto-reset
 When an env's episode ends on a step, that step's rewards, terminals and truncations are returned as the
 engine wrote them, but the env is replaced at once by a new simulation, so the returned observation rows are
 already the *first* observation of the next episode. A set flag therefore means "this observation starts a
-new episode" (SPEC section 3). An episode ends when all of the env's agents are truncated or all are
+new episode" (docs/design.md, "Policy contract"). An episode ends when all of the env's agents are truncated or all are
 terminal (mettagrid's own rule), or when the first episode's staggered cut-off is reached.
 
 Seeds

@@ -2,7 +2,7 @@
 
 The rollout keeps recurrent state per agent inside the policy's core (keyed by ``training_env_ids``); the
 experience buffer keeps the state each step started from, so every training segment starts where the
-rollout was, and resets inside segments reproduce the rollout's resets (SPEC section 7).
+rollout was, and resets inside segments reproduce the rollout's resets (docs/design.md, "Recurrent state").
 
 Under torchrun every rank runs this same loop on its own envs (``trainer/distributed.py``): the update's
 forward goes through DDP, so gradients are averaged; counts and SPS are over all ranks; rank 0 logs.

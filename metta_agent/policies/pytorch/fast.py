@@ -1,4 +1,5 @@
-"""``Fast``: a small CNN encoder over the token box, the LSTM core and the shared heads (SPEC section 6)."""
+"""``Fast``: a small CNN encoder over the token box, the LSTM core and the shared heads
+(docs/design.md, "Architectures")."""
 
 import torch
 from tensordict import TensorDict

@@ -1,5 +1,5 @@
-"""The latent-attention agents (SPEC section 6): tokens -> Fourier embedding -> cross-attention from learned
-latents (-> self-attention over them) -> LSTM core -> the shared heads."""
+"""The latent-attention agents (docs/design.md, "Architectures"): tokens -> Fourier embedding ->
+cross-attention from learned latents (-> self-attention over them) -> LSTM core -> the shared heads."""
 
 from __future__ import annotations
 
