@@ -281,7 +281,6 @@ def resume_run_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
-    from metta_agent.checkpoint import resolve_checkpoint
     from metta_agent.trainer import distributed
 
     _check_launcher_args(args)
@@ -289,7 +288,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir
     if args.resume:
         config = resume_run_config(args)
-        resume_from = resolve_checkpoint(run_dir)
+        # The trainer picks the newest checkpoint once it holds the run directory's writer lock.
+        resume_from = run_dir
     else:
         config = resolve_run_config(args)
         if run_dir is None:

@@ -1,5 +1,6 @@
 """Rebuild an agent from a checkpoint: the architecture and the game it was built with come from the
-checkpoint's metadata, the weights from its tensors."""
+checkpoint's metadata, the weights from its tensors. The architecture is a registered one, or the YAML graph
+the checkpoint embeds: a path named in a checkpoint is never opened."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from metta_agent.agent.metta_agent import MettaAgent
-from metta_agent.agent.registry import build_agent, pytorch_twin
-from metta_agent.checkpoint import load_checkpoint
+from metta_agent.agent.registry import build_agent, is_architecture_file, pytorch_twin
+from metta_agent.checkpoint import ARCHITECTURE_YAML, load_checkpoint
 from metta_agent.config import build_config
 from metta_agent.env.info import EnvInfo, Feature
 from metta_agent.errors import UsageError
@@ -31,7 +32,14 @@ def agent_from_checkpoint(metadata: dict[str, Any], payload: dict[str, Any], pat
         action_rows = {str(name): int(row) for name, row in agent_meta["action_rows"].items()}
     except (KeyError, TypeError, ValueError) as error:
         raise UsageError(f"'{path}' has incomplete agent metadata (missing {error})") from None
-    agent = build_agent(settings, original)
+    spec_text = None
+    if is_architecture_file(settings.name):
+        # A user's graph: built from the YAML stored in the checkpoint, never from the path it names.
+        spec_text = agent_meta.get(ARCHITECTURE_YAML)
+        if not isinstance(spec_text, str):
+            raise UsageError(f"'{path}' names the architecture file '{settings.name}' but does not embed its graph; "
+                             f"a checkpoint loads only a registered architecture or a graph stored in it")
+    agent = build_agent(settings, original, spec_text=spec_text)
     agent.action_rows = action_rows
     agent.initialize_to_environment(original.features, original.action_names)
     missing, unexpected = agent.load_state_dict(payload["model"], strict=False)

@@ -12,19 +12,48 @@ The kernel is compiled on first use (about 30 s, cached under ``$METTA_AGENT_CAC
 ``~/.cache/metta-agent``; ``make install`` does it up front). Without a C++ compiler, on CUDA, or with
 ``METTA_AGENT_FUSED_LSTM=0``, the core runs one ``nn.LSTM`` call over the segments' episode pieces instead
 (see ``recurrent.py``).
+
+The build folder is keyed by everything that makes two builds differ (``key_fields()``): torch version, place
+and CUDA/CPU build, Python version, ``sys.prefix`` and include folder, the source's path and content hash,
+compiler and flags, machine. So environments sharing a home directory (two checkouts, a test venv) each keep
+their own build instead of rebuilding over one another. Building and loading hold an ``fcntl.flock`` on
+``build.flock`` in that folder (the holder's PID written in it; the OS releases it when the holder dies).
+Under it a ``lock`` file left by a killed build (torch's ``FileBaton``, on which torch would wait forever)
+is removed, and build processes orphaned by a killed build (ninja, the compiler) are waited for. The wait
+for the flock (and orphans) is bounded by ``$METTA_AGENT_KERNEL_LOCK_TIMEOUT`` seconds (default 120); past it
+the process prints one line naming the lock and its holder and runs the ``nn.LSTM`` path instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import platform
+import socket
 import sys
+import sysconfig
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no build lock (torch's own lock file still serializes builds)
+    fcntl = None
+
 _SOURCE = Path(__file__).parent / "csrc" / "fused_lstm.cpp"
+_NAME = "metta_agent_fused_lstm"
+LOCK_NAME = "build.flock"  # our flock, in the build folder
+TORCH_LOCK_NAME = "lock"  # torch's FileBaton in the build folder, waited on forever by cpp_extension.load
+LOCK_TIMEOUT_ENV = "METTA_AGENT_KERNEL_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 120.0
+# Processes that a killed build can leave running in the build folder (ninja and the compiler it started).
+_BUILD_TOOLS = {"ninja", "cc", "c++", "g++", "gcc", "cc1", "cc1plus", "as", "ld", "ld.bfd", "ld.gold", "ld.lld",
+                "collect2", "clang", "clang++", "ccache", "sccache"}
 _kernel = None
 _failure: str | None = None
 
@@ -39,12 +68,122 @@ def _build_flags() -> list[str]:
     return flags
 
 
+def key_fields() -> dict[str, str]:
+    """Everything that makes two builds of the kernel differ (torch's build command and its inputs)."""
+    cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
+    return {
+        "torch": torch.__version__,
+        "torch_path": str(Path(torch.__file__).resolve().parent),
+        "accelerator": f"cuda{cuda}" if cuda else f"hip{hip}" if hip else "cpu",
+        "python": f"{sys.implementation.name}-{platform.python_version()}",
+        "prefix": sys.prefix,
+        "python_include": sysconfig.get_paths().get("include", ""),
+        "source": str(_SOURCE.resolve()),
+        "source_sha256": hashlib.sha256(_SOURCE.read_bytes()).hexdigest(),
+        "compiler": os.environ.get("CXX", "c++"),
+        "flags": " ".join(_build_flags()),
+        "machine": platform.machine(),
+    }
+
+
+def cache_key(fields: dict[str, str]) -> str:
+    """A readable folder name (torch, Python, machine, vector flags) ending in a short hash of all ``fields``."""
+    python = "".join(fields["python"].rsplit("-", 1)[-1].split(".")[:2])
+    vector = "avx2" if "-mavx2" in fields["flags"].split() else "default"
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return f"torch{fields['torch']}-py{python}-{fields['machine']}-{vector}-{digest}".replace("+", "_")
+
+
 def build_directory() -> Path:
     root = Path(os.environ.get("METTA_AGENT_CACHE", Path.home() / ".cache" / "metta-agent"))
-    # One build per torch, Python, machine type and vector flags: a home directory may be shared by machines.
-    vector = "avx2" if "-mavx2" in _build_flags() else "default"
-    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}-{vector}"
-    return root / "kernels" / tag.replace("+", "_")
+    return root / "kernels" / cache_key(key_fields())
+
+
+def lock_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)))
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT
+
+
+class _LockTimeout(Exception):
+    """The build lock (or a killed build's orphans) did not come free in time; the message is one line."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid, *host = path.read_text().split()
+    except (OSError, ValueError):
+        return "PID unknown"
+    return f"PID {pid}" + (f" on {host[0]}" if host and host[0] != socket.gethostname() else "")
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path, deadline: float):
+    """Hold an exclusive flock on ``directory/build.flock`` (released by the OS if this process dies)."""
+    if fcntl is None:
+        yield
+        return
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _LockTimeout(f"the kernel build lock {path} is held by {_holder(path)} "
+                                       f"(waited {lock_timeout():g} s, {LOCK_TIMEOUT_ENV})") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _orphan_builders(directory: Path) -> list[int]:
+    """Build tools (ninja, the compiler) still running in ``directory``, left by a killed build (Linux /proc)."""
+    target, found = os.path.realpath(directory), []
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/cwd") != target:
+                continue
+            with open(f"/proc/{entry.name}/comm") as comm:
+                if comm.read().strip() in _BUILD_TOOLS:
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _build_and_load(directory: Path, deadline: float):
+    from torch.utils import cpp_extension
+
+    with _build_lock(directory, deadline):
+        # Whoever made these held no flock, so it is dead: its lock file and its orphans must not block us.
+        while orphans := _orphan_builders(directory):
+            if time.monotonic() >= deadline:
+                raise _LockTimeout(f"build processes {orphans} of a killed kernel build still run in {directory} "
+                                   f"(waited {lock_timeout():g} s, {LOCK_TIMEOUT_ENV})")
+            time.sleep(0.2)
+        with contextlib.suppress(FileNotFoundError):
+            (directory / TORCH_LOCK_NAME).unlink()
+        if not any(directory.glob(f"{_NAME}*.so")):
+            print(f"metta-agent: compiling the fused LSTM kernel into {directory} (first use only, ~30 s)",
+                  file=sys.stderr, flush=True)
+        return cpp_extension.load(_NAME, [str(_SOURCE)], extra_cflags=_build_flags(),
+                                  build_directory=str(directory), verbose=False)
 
 
 def load():
@@ -55,17 +194,15 @@ def load():
     if os.environ.get("METTA_AGENT_FUSED_LSTM", "1") == "0":
         _failure = "disabled by METTA_AGENT_FUSED_LSTM=0"
         return None
-    directory = build_directory()
-    name = "metta_agent_fused_lstm"
+    deadline = time.monotonic() + lock_timeout()
     try:
-        from torch.utils import cpp_extension
-
+        directory = build_directory()
         directory.mkdir(parents=True, exist_ok=True)
-        if not any(directory.glob(f"{name}*.so")):
-            print(f"metta-agent: compiling the fused LSTM kernel into {directory} (first use only, ~30 s)",
-                  file=sys.stderr, flush=True)
-        _kernel = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_build_flags(),
-                                     build_directory=str(directory), verbose=False)
+        _kernel = _build_and_load(directory, deadline)
+    except _LockTimeout as error:  # never wait forever on another process: one line, then the nn.LSTM path
+        _failure = str(error)
+        print(f"metta-agent: fused LSTM kernel not loaded: {_failure}; training runs nn.LSTM over episode pieces "
+              "instead", file=sys.stderr, flush=True)
     except Exception as error:  # no compiler, no ninja, headers missing: fall back, and say so once
         _failure = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
         warnings.warn(f"fused LSTM kernel unavailable ({_failure}); training runs nn.LSTM over episode pieces "

@@ -37,6 +37,7 @@ from metta_agent.trainer import distributed
 from metta_agent.trainer.experience import Experience
 from metta_agent.trainer.ppo import explained_variance, lr_lambda, ppo_loss
 from metta_agent.trainer.progress import Progress
+from metta_agent.trainer.run_lock import RunDirLock
 
 
 @dataclass
@@ -49,9 +50,10 @@ class TrainState:
 
 
 class Trainer:
-    """PPO on one game. ``resume_from`` (a checkpoint file) continues a run: weights, optimizer, schedule,
-    RNG states and the epoch / agent-step counters come from the checkpoint, so the run goes on as if it had
-    not stopped, except that the environments start new episodes (their C++ state is not saved)."""
+    """PPO on one game. ``resume_from`` (a checkpoint file, or a run directory: its newest checkpoint) continues
+    a run: weights, optimizer, schedule, RNG states and the epoch / agent-step counters come from the
+    checkpoint, so the run goes on as if it had not stopped, except that the environments start new episodes
+    (their C++ state is not saved). The trainer holds the run directory's writer lock (``run_lock.py``)."""
 
     def __init__(
         self,
@@ -64,6 +66,11 @@ class Trainer:
         cfg = config.trainer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.world = distributed.current_world()
+        # One writer per run directory, taken before the checkpoint to resume from is even chosen.
+        self._run_lock: RunDirLock | None = None
+        if self.run_dir is not None and self.world.is_main:
+            self._run_lock = RunDirLock(self.run_dir)
+            self._run_lock.acquire()
         self.device = distributed.resolve_device(cfg.device, self.world)
         threads = cfg.torch_threads or (distributed.default_torch_threads(self.world) if self.world.distributed else 0)
         if threads > 0:
@@ -377,6 +384,9 @@ class Trainer:
         self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def _close_logs(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None

@@ -60,13 +60,31 @@ def load_spec(name_or_path: str) -> tuple[dict[str, Any], str]:
             raise UsageError(f"unknown component architecture '{name_or_path}'")
     if not path.is_file():
         raise UsageError(f"component YAML '{name_or_path}' does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise GraphError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(spec, dict):
-        raise GraphError(f"{path}: must hold a mapping with 'components' and 'outputs'")
+    text = path.read_text()
+    spec = spec_from_text(text, str(path))
+    _LOADED_TEXT[str(path.resolve())] = text
     return spec, str(path)
+
+
+def spec_from_text(text: str, source: str) -> dict[str, Any]:
+    """A component graph from YAML text (e.g. the one a checkpoint embeds); ``source`` names it in errors."""
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise GraphError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise GraphError(f"{source}: must hold a mapping with 'components' and 'outputs'")
+    return spec
+
+
+# The text each YAML file had when this process built a graph from it: a checkpoint embeds the graph its
+# weights were trained with, even if the file has been edited since.
+_LOADED_TEXT: dict[str, str] = {}
+
+
+def loaded_spec_text(path: str) -> str | None:
+    """The YAML text ``load_spec`` last built a graph from for ``path``, or None if it never read it."""
+    return _LOADED_TEXT.get(str(Path(path).resolve()))
 
 
 def spec_parameters(spec: dict[str, Any]) -> dict[str, Any]:
