@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
-STEPS ?= 200000
+STEPS ?= 600000
 PY := $(VENV)/bin/python
 
 .PHONY: install train test bench clean

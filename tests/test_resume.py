@@ -86,7 +86,7 @@ def test_resume_restores_optimizer_schedule_and_counters(small_trainer_layers, t
             first.run_epoch()
         path = first.save_checkpoint()
     finally:
-        first.env.close()
+        first.close()
     second = Trainer(config, tmp_path, show_progress=False, resume_from=path)
     try:
         assert (second.state.epoch, second.state.agent_steps) == (2, 1024)
@@ -101,7 +101,7 @@ def test_resume_restores_optimizer_schedule_and_counters(small_trainer_layers, t
         assert second.env.seed != first.env.seed  # new maps after a resume, not a replay of the first ones
         assert second.run_epoch()["epoch"] == 3
     finally:
-        second.env.close()
+        second.close()
 
 
 class _RunsCode:

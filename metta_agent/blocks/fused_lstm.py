@@ -19,9 +19,9 @@ compiler and flags, machine. So environments sharing a home directory (two check
 their own build instead of rebuilding over one another. Building and loading hold an ``fcntl.flock`` on
 ``build.flock`` in that folder (the holder's PID written in it; the OS releases it when the holder dies).
 Under it a ``lock`` file left by a killed build (torch's ``FileBaton``, on which torch would wait forever)
-is removed, and build processes orphaned by a killed build (ninja, the compiler) are waited for. The wait
-for the flock (and orphans) is bounded by ``$METTA_AGENT_KERNEL_LOCK_TIMEOUT`` seconds (default 120); past it
-the process prints one line naming the lock and its holder and runs the ``nn.LSTM`` path instead.
+is removed, and build processes orphaned by a killed build (ninja, the compiler) are stopped. The wait for
+the flock is bounded by ``$METTA_AGENT_KERNEL_LOCK_TIMEOUT`` seconds (default 300): past it the process prints
+one line naming the lock and its holder's PID and runs the ``nn.LSTM`` path instead; it never hangs.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import socket
 import sys
 import sysconfig
@@ -50,7 +51,7 @@ _NAME = "metta_agent_fused_lstm"
 LOCK_NAME = "build.flock"  # our flock, in the build folder
 TORCH_LOCK_NAME = "lock"  # torch's FileBaton in the build folder, waited on forever by cpp_extension.load
 LOCK_TIMEOUT_ENV = "METTA_AGENT_KERNEL_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT = 120.0
+DEFAULT_LOCK_TIMEOUT = 300.0  # a build takes 30-100 s; a loaded machine can queue a few
 # Processes that a killed build can leave running in the build folder (ninja and the compiler it started).
 _BUILD_TOOLS = {"ninja", "cc", "c++", "g++", "gcc", "cc1", "cc1plus", "as", "ld", "ld.bfd", "ld.gold", "ld.lld",
                 "collect2", "clang", "clang++", "ccache", "sccache"}
@@ -167,16 +168,33 @@ def _orphan_builders(directory: Path) -> list[int]:
     return found
 
 
+def _stop_orphans(directory: Path, deadline: float) -> None:
+    """Stop the ninja and compiler processes that a killed build left in ``directory`` (called under the flock,
+    so no live build owns them). Their work is lost anyway: ninja dies of SIGPIPE when it reports a finished
+    step to its dead parent, before logging it, so the next ninja compiles again; letting them run would only
+    cost a compile's time and let two compilers write the same files."""
+    started, orphans = time.monotonic(), _orphan_builders(directory)
+    deadline = max(deadline, started + 10)  # stopping them takes a few seconds, even after a long flock wait
+    if orphans:
+        print(f"metta-agent: stopping build processes {orphans} left by a killed kernel build in {directory}",
+              file=sys.stderr, flush=True)
+    while orphans:
+        if time.monotonic() >= deadline:
+            raise _LockTimeout(f"build processes {orphans} of a killed kernel build still run in {directory} "
+                               f"(waited {lock_timeout():g} s, {LOCK_TIMEOUT_ENV})")
+        for pid in orphans:  # SIGTERM lets ninja remove half-written outputs; SIGKILL whatever ignores it
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM if time.monotonic() - started < 5 else signal.SIGKILL)
+        time.sleep(0.1)
+        orphans = _orphan_builders(directory)
+
+
 def _build_and_load(directory: Path, deadline: float):
     from torch.utils import cpp_extension
 
     with _build_lock(directory, deadline):
         # Whoever made these held no flock, so it is dead: its lock file and its orphans must not block us.
-        while orphans := _orphan_builders(directory):
-            if time.monotonic() >= deadline:
-                raise _LockTimeout(f"build processes {orphans} of a killed kernel build still run in {directory} "
-                                   f"(waited {lock_timeout():g} s, {LOCK_TIMEOUT_ENV})")
-            time.sleep(0.2)
+        _stop_orphans(directory, deadline)
         with contextlib.suppress(FileNotFoundError):
             (directory / TORCH_LOCK_NAME).unlink()
         if not any(directory.glob(f"{_NAME}*.so")):

@@ -190,6 +190,12 @@ class Trainer:
 
             plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
 
+    def close(self) -> None:
+        """Release the environments, the logs and the run directory's writer lock (``train()`` does this at its
+        end; call it after driving ``run_epoch()`` yourself)."""
+        self._close_logs()
+        self.env.close()
+
     # ---- evaluation during training -----------------------------------------------------------------------
 
     def _eval_due(self) -> bool:
