@@ -410,7 +410,26 @@ def _launch_ranks(args: argparse.Namespace, config, run_dir: Path) -> int:
     )
     if not args.quiet:
         print(f"launching {args.nproc_per_node * args.nnodes} ranks: {' '.join(command)}", file=sys.stderr)
-    return distributed.launch(command, args.nproc_per_node)
+    code, failure = distributed.launch(command, args.nproc_per_node)
+    if failure is not None:
+        print(f"error: {failure.describe()}{_stopped_at(run_dir)}; the other ranks stopped with it. Resume with: "
+              f"metta-agent train --run-dir {run_dir} --resume --nproc-per-node {args.nproc_per_node}", file=sys.stderr)
+        return EXIT_TRAINING
+    return code
+
+
+def _stopped_at(run_dir: Path) -> str:
+    """`` during epoch N (newest checkpoint: epoch M)`` from the run directory, as far as it tells."""
+    from metta_agent.checkpoint import list_checkpoints
+
+    try:
+        rows = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        epoch = json.loads(rows[-1])["epoch"] + 1 if rows else 1
+    except (OSError, ValueError, KeyError, IndexError):
+        return ""
+    saved = list_checkpoints(run_dir)
+    newest = f"epoch {int(saved[-1].stem.split('_')[1])}" if saved else "none yet"
+    return f" during epoch {epoch} (newest checkpoint: {newest})"
 
 
 def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:

@@ -7,6 +7,7 @@ the key and says what to change.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,30 @@ class RunConfig:
             )
         if t.lr_schedule not in ("constant", "linear", "cosine"):
             raise UsageError(f"trainer.lr_schedule must be constant, linear or cosine, got '{t.lr_schedule}'")
+        ranges = (
+            ("total_agent_steps", t.total_agent_steps >= 1, "at least 1"),
+            ("lr", t.lr > 0, "positive"),
+            ("lr_final_ratio", 0 <= t.lr_final_ratio <= 1, "in [0, 1]"),
+            ("gamma", 0 < t.gamma <= 1, "in (0, 1]"),
+            ("gae_lambda", 0 <= t.gae_lambda <= 1, "in [0, 1]"),
+            ("clip_coef", t.clip_coef > 0, "positive"),
+            ("vf_clip_coef", t.vf_clip_coef >= 0, "0 or more"),
+            ("ent_coef", t.ent_coef >= 0, "0 or more"),
+            ("vf_coef", t.vf_coef >= 0, "0 or more"),
+            ("max_grad_norm", t.max_grad_norm > 0, "positive"),
+            ("adam_eps", t.adam_eps > 0, "positive"),
+            ("adam_beta1", 0 <= t.adam_beta1 < 1, "in [0, 1)"),
+            ("adam_beta2", 0 <= t.adam_beta2 < 1, "in [0, 1)"),
+            ("l2_init_loss_coef", t.l2_init_loss_coef >= 0, "0 or more"),
+            ("torch_threads", t.torch_threads >= 0, "0 (torch decides) or more"),
+            ("env_workers", t.env_workers >= 0, "0 (in process) or more"),
+            ("seed", t.seed >= 0, "0 or more"),
+        )
+        for name, ok, wanted in ranges:
+            if not ok:
+                raise UsageError(f"trainer.{name} must be {wanted}, got {getattr(t, name)}")
+        if self.game.max_steps is not None and self.game.max_steps < 1:
+            raise UsageError(f"game.max_steps must be at least 1, got {self.game.max_steps}")
         if t.eval_interval < 0:
             raise UsageError(f"trainer.eval_interval must be 0 (off) or a number of epochs, got {t.eval_interval}")
         if t.keep_checkpoints < 1:
@@ -172,6 +197,10 @@ def build_config(layers: list[dict[str, Any]]) -> RunConfig:
     """Merge config layers (lowest precedence first) onto the defaults and check every key."""
     merged: dict[str, Any] = {}
     for layer in layers:
+        for section, values in layer.items():
+            # A section that is not a mapping would be silently replaced by a later layer's mapping.
+            if not isinstance(values, dict):
+                raise UsageError(f"config section '{section}' must be a mapping of keys, got {values!r:.60}")
         _deep_merge(merged, layer)
     unknown_sections = set(merged) - {"agent", "game", "trainer"}
     if unknown_sections:
@@ -181,7 +210,10 @@ def build_config(layers: list[dict[str, Any]]) -> RunConfig:
     trainer_values.update(merged.get("trainer", {}))
     trainer = _fill(TrainerSettings(), trainer_values, "trainer")
     agent_values = dict(merged.get("agent", {}))
-    kwargs = dict(agent_values.pop("kwargs", None) or {})
+    kwargs = agent_values.pop("kwargs", None) or {}
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"agent.kwargs must be a mapping of architecture parameters, got {kwargs!r:.60}")
+    kwargs = dict(kwargs)
     # Architecture kwargs may be given flat (agent.hidden_size=256): everything not a common key.
     for key in list(agent_values):
         if key not in _AGENT_FIELDS:
@@ -244,6 +276,8 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             return value
         raise UsageError(f"{name} must be true or false, got {value!r}")
     if kind in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, got {value!r}")
         if isinstance(value, str):
             # YAML 1.1 reads "1e-3" (no dot) as a string; a user writing it means the number.
             try:

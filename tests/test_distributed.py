@@ -115,3 +115,54 @@ def test_a_single_process_is_rank_0_of_1(monkeypatch):
     assert distributed.wrap_for_training(agent, torch.device("cpu"), world) is agent
     assert distributed.any_rank(True, world) and distributed.gather_lists([1], world) == [1]
     assert os.environ.get("RANK") is None
+
+
+def _rank_pid(root_pid: int, rank: int) -> int | None:
+    """The PID of the process below ``root_pid`` whose environment says RANK=rank (Linux /proc)."""
+    import pathlib
+
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text().split()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            parent = int(stat[3])
+            while parent > 1:
+                if parent == root_pid:
+                    return int(proc.name)
+                try:
+                    parent = int(pathlib.Path(f"/proc/{parent}/stat").read_text().split()[3])
+                except OSError:
+                    break
+    return None
+
+
+def test_a_killed_rank_ends_the_run_with_one_line_naming_it(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "metta_agent.cli", "train", "--nproc-per-node", "2", *TINY, "--steps", "100000000",
+         "--set", "trainer.eval_interval=0", "--set", "trainer.checkpoint_interval=1", "--run-dir", str(run_dir),
+         "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 600  # a bound for a loaded machine; the test waits for the first epoch
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert launcher.poll() is None, launcher.stderr.read()
+        assert time.monotonic() < deadline, "timed out waiting for the first epoch"
+        time.sleep(0.1)
+    victim = _rank_pid(launcher.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert "rank 1 was killed by SIGKILL" in lines[0] and f"--run-dir {run_dir} --resume" in lines[0]

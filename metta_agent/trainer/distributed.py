@@ -22,6 +22,7 @@ import contextlib
 import gc
 import inspect
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,20 +206,82 @@ def torchrun_command(
     return [*command, "-m", "metta_agent.cli", *child_args]
 
 
-def launch(command: Sequence[str], nproc_per_node: int) -> int:
-    """Run torchrun and return its exit code (130 after Ctrl-C). Each rank gets an equal share of the cores
-    as OpenMP threads (torchrun would otherwise force 1 thread per rank and say so in a warning).
+@dataclass
+class RankFailure:
+    """What torchrun's failure report says about the first rank that failed."""
+
+    rank: str = "?"
+    exit_code: str = "?"
+    signal_name: str | None = None
+
+    def describe(self) -> str:
+        if self.signal_name:
+            return f"rank {self.rank} was killed by {self.signal_name}"
+        return f"rank {self.rank} exited with code {self.exit_code}"
+
+
+def filter_launcher_stderr(lines, forward) -> RankFailure | None:
+    """Pass the ranks' own stderr lines to ``forward``; hold back the Python tracebacks of ranks that died
+    with their peers and torchrun's own log lines and failure report (40-70 lines when one rank is killed),
+    and return the failure that report names, if any."""
+    failure: RankFailure | None = None
+    in_traceback = in_report = False
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if in_traceback:
+            if line[:1] in (" ", "\t") or not stripped:
+                continue
+            in_traceback = False  # the exception's own line ends the block
+            continue
+        if stripped.startswith(("During handling of the above exception", "The above exception was the direct")):
+            continue
+        if set(stripped) == {"="} and len(stripped) > 20:
+            in_report = not in_report
+            failure = failure or RankFailure()
+            continue
+        if in_report:
+            if stripped.startswith("Root Cause"):
+                failure = RankFailure()  # the report lists other failures first; the root cause is what matters
+                continue
+            key, _, value = (part.strip() for part in stripped.partition(":"))
+            if key == "rank" and failure.rank == "?":
+                failure.rank = value.split()[0]
+            elif key == "exitcode" and failure.exit_code == "?":
+                failure.exit_code = value.split()[0]
+            elif key == "traceback" and "Signal" in value and failure.signal_name is None:
+                found = [word.strip("()") for word in value.split() if word.strip("()").startswith("SIG")]
+                failure.signal_name = found[0] if found else None
+            continue
+        if _TORCHRUN_LOG.match(line):
+            continue
+        forward(line)
+    return failure
+
+
+_TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
+
+
+def launch(command: Sequence[str], nproc_per_node: int) -> tuple[int, RankFailure | None]:
+    """Run torchrun; its exit code (130 after Ctrl-C) and, if a rank failed, what failed. Each rank gets an
+    equal share of the cores as OpenMP threads (torchrun would otherwise force 1 thread per rank and say so
+    in a warning). The ranks' stderr passes through ``filter_launcher_stderr``.
 
     Ctrl-C in a terminal reaches torchrun and every rank (one process group): the ranks agree to stop at the
-    end of the epoch and rank 0 saves a checkpoint, while torchrun reports the signal (with a traceback) and
-    waits for them. This process only waits too, instead of killing torchrun as ``subprocess.run`` would."""
+    end of the epoch and rank 0 saves a checkpoint, while torchrun waits for them. This process only waits
+    too, instead of killing torchrun as ``subprocess.run`` would."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(default_torch_threads(World(local_world_size=nproc_per_node))))
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        with subprocess.Popen(list(command), env=env) as process:
+        with subprocess.Popen(list(command), env=env, stderr=subprocess.PIPE, text=True, bufsize=1) as process:
+            failure = filter_launcher_stderr(process.stderr, lambda line: (sys.stderr.write(line), sys.stderr.flush()))
             code = process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
-    return 130 if interrupted else code
+    if interrupted:
+        return 130, None
+    return code, (failure if code != 0 else None)

@@ -66,6 +66,10 @@ class Trainer:
         cfg = config.trainer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.world = distributed.current_world()
+        # Bad settings are refused before anything touches the run directory.
+        self.game = make_game(config.game.name, max_steps=config.game.max_steps)
+        self.env_info = EnvInfo.from_game(self.game)
+        config.validate(self.env_info.num_agents)
         # One writer per run directory, taken before the checkpoint to resume from is even chosen.
         self._run_lock: RunDirLock | None = None
         if self.run_dir is not None and self.world.is_main:
@@ -83,9 +87,6 @@ class Trainer:
             resumed = load_checkpoint(resume_from)
             self.state.epoch, self.state.agent_steps, self.state.skipped_updates = _counters(resumed[0], resume_from)
 
-        self.game = make_game(config.game.name, max_steps=config.game.max_steps)
-        self.env_info = EnvInfo.from_game(self.game)
-        config.validate(self.env_info.num_agents)
         self.agent: MettaAgent = build_agent(config.agent, self.env_info).to(self.device)
         if cfg.compile:
             from metta_agent.trainer.compiled import compile_policy
