@@ -225,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A path the user gave that the system refuses (a run directory that is a file, a read-only or full
+        # filesystem, ...): one line naming it, not a traceback.
+        where = f" '{error.filename}'" if error.filename else ""
+        print(f"error: cannot use{where}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _quiet_mettagrid_logging() -> None:

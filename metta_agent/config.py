@@ -228,12 +228,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_file(path, "config file")) or {}
     except yaml.YAMLError as error:
         raise UsageError(f"config file '{path}' is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file '{path}' must hold a mapping with sections agent, game, trainer")
     return data
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a user's file, or a one-line UsageError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{what} '{path}' is not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {what} '{path}': {error.strerror or error}") from None
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:

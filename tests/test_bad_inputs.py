@@ -41,3 +41,20 @@ def test_config_sections_must_be_mappings(text, tmp_path, capsys):
     code = main(["train", "--config", str(config), "--steps", "100", "--run-dir", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_files_that_are_not_utf8_and_unusable_run_directories(tmp_path, capsys):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe trainer: {}\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    cases = [
+        (["train", "--config", str(binary), "--run-dir", str(tmp_path / "r1")], "not UTF-8"),
+        (["train", "--game", "heart", "--agent", str(binary), "--run-dir", str(tmp_path / "r2")], "not UTF-8"),
+        (["train", "--game", "heart", "--run-dir", str(a_file)], str(a_file)),
+        (["train", "--game", "heart", "--run-dir", "/proc/metta-agent-test/run"], "/proc/metta-agent-test"),
+    ]
+    for argv, expected in cases:
+        assert main([*argv, "--steps", "100", "--quiet"]) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and expected in err, (argv, err)

@@ -28,6 +28,7 @@ from torch import nn
 
 from metta_agent import contract as keys
 from metta_agent.blocks.recurrent import RecurrentCore
+from metta_agent.config import read_text_file
 from metta_agent.env.info import EnvInfo
 from metta_agent.errors import UsageError, first_line
 from metta_agent.policies.component.components import (
@@ -60,7 +61,7 @@ def load_spec(name_or_path: str) -> tuple[dict[str, Any], str]:
             raise UsageError(f"unknown component architecture '{name_or_path}'")
     if not path.is_file():
         raise UsageError(f"component YAML '{name_or_path}' does not exist")
-    text = path.read_text()
+    text = read_text_file(path, "component YAML")
     spec = spec_from_text(text, str(path))
     _LOADED_TEXT[str(path.resolve())] = text
     return spec, str(path)
