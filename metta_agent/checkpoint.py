@@ -57,10 +57,16 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return _checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
 
 
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint file's name gives (``epoch_000012.pt`` -> 12), or None for another name."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def _checkpoints_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    found = [(epoch, p) for p in folder.iterdir() if (epoch := checkpoint_epoch(p)) is not None]
     return [p for _, p in sorted(found)]
 
 

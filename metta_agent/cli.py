@@ -426,15 +426,16 @@ def _launch_ranks(args: argparse.Namespace, config, run_dir: Path) -> int:
 
 def _stopped_at(run_dir: Path) -> str:
     """`` during epoch N (newest checkpoint: epoch M)`` from the run directory, as far as it tells."""
-    from metta_agent.checkpoint import list_checkpoints
+    from metta_agent.checkpoint import checkpoint_epoch, list_checkpoints
+    from metta_agent.plot import read_metrics
 
     try:
-        rows = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        epoch = json.loads(rows[-1])["epoch"] + 1 if rows else 1
-    except (OSError, ValueError, KeyError, IndexError):
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+        epoch = rows[-1]["epoch"] + 1 if rows else 1
+    except (OSError, ValueError, KeyError, TypeError):
         return ""
     saved = list_checkpoints(run_dir)
-    newest = f"epoch {int(saved[-1].stem.split('_')[1])}" if saved else "none yet"
+    newest = f"epoch {checkpoint_epoch(saved[-1])}" if saved else "none yet"
     return f" during epoch {epoch} (newest checkpoint: {newest})"
 
 

@@ -184,8 +184,7 @@ class Trainer:
             self.save_checkpoint()
         finally:
             signal.signal(signal.SIGINT, previous_handler)
-            self._close_logs()
-            self.env.close()
+            self.close()
         if self.run_dir is not None and self.world.is_main:
             from metta_agent.plot import plot_learning_curve
 
