@@ -166,3 +166,27 @@ def test_a_killed_rank_ends_the_run_with_one_line_naming_it(tmp_path):
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) == 1, err
     assert "rank 1 was killed by SIGKILL" in lines[0] and f"--run-dir {run_dir} --resume" in lines[0]
+
+
+def test_the_launcher_filter_holds_back_rank_prefixed_tracebacks_and_reads_the_root_cause():
+    # The surviving rank's traceback as torch prints it (each line prefixed with "[rank0]: "), then torchrun's
+    # failure report; the rank's own warning line passes through unchanged.
+    stderr = [
+        "[rank0]: Traceback (most recent call last):\n",
+        '[rank0]:   File "<frozen runpy>", line 198, in _run_module_as_main\n',
+        "[rank0]:     work.wait()\n",
+        "[rank0]: RuntimeError: Read error [127.0.0.1]:45450: Connection reset by peer.\n",
+        "W1203 14:00:00.000000 123 torch/distributed/elastic/multiprocessing/api.py:900] Sending process 7 closing\n",
+        "[rank0]: warning: something the user should see\n",
+        "=" * 60 + "\n",
+        "Root Cause (first observed failure):\n",
+        "[0]:\n",
+        "  rank      : 1 (local_rank: 1)\n",
+        "  exitcode  : -9 (pid: 8)\n",
+        "  traceback : Signal 9 (SIGKILL) received by PID 8\n",
+        "=" * 60 + "\n",
+    ]
+    forwarded: list[str] = []
+    failure = distributed.filter_launcher_stderr(stderr, forwarded.append)
+    assert forwarded == ["[rank0]: warning: something the user should see\n"]
+    assert (failure.rank, failure.exit_code, failure.signal_name) == ("1", "-9", "SIGKILL")

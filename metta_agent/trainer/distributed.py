@@ -226,7 +226,8 @@ def filter_launcher_stderr(lines, forward) -> RankFailure | None:
     and return the failure that report names, if any."""
     failure: RankFailure | None = None
     in_traceback = in_report = False
-    for line in lines:
+    for raw in lines:
+        line = _RANK_PREFIX.sub("", raw, count=1)  # torch prefixes a dying rank's own traceback with "[rankN]: "
         stripped = line.strip()
         if line.startswith("Traceback (most recent call last)"):
             in_traceback = True
@@ -257,10 +258,11 @@ def filter_launcher_stderr(lines, forward) -> RankFailure | None:
             continue
         if _TORCHRUN_LOG.match(line):
             continue
-        forward(line)
+        forward(raw)
     return failure
 
 
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
 
 
