@@ -173,11 +173,16 @@ def _estimated_size(tensors: dict[str, Any], metadata_text: str) -> int:
 
 def _write_failure(path: Path, error: BaseException, needed: int) -> str:
     try:
-        free = f", {_megabytes(shutil.disk_usage(path.parent).free)} free"
+        free_bytes = shutil.disk_usage(path.parent).free
+        free = f", {_megabytes(free_bytes)} free"
     except OSError:
-        free = ""
-    reason = getattr(error, "strerror", None) or first_line(error)
-    return (f"cannot write checkpoint '{path}': {reason[:160]} (it needs about {_megabytes(needed)} "
+        free_bytes, free = None, ""
+    # torch reports a full disk as an "unexpected pos" in its zip writer, not as ENOSPC.
+    if free_bytes is not None and free_bytes < needed:
+        reason = "not enough space on its filesystem"
+    else:
+        reason = (getattr(error, "strerror", None) or first_line(error))[:160]
+    return (f"cannot write checkpoint '{path}': {reason} (it needs about {_megabytes(needed)} "
             f"in '{path.parent}'{free}); the temporary file was removed")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from metta_agent.errors import UsageError
+from metta_agent.files import read_text_file
 
 
 @dataclass
@@ -162,6 +164,11 @@ class RunConfig:
         for name, ok, wanted in ranges:
             if not ok:
                 raise UsageError(f"trainer.{name} must be {wanted}, got {getattr(t, name)}")
+        a = self.agent
+        for name, value in (("clip_range", a.clip_range), ("l2_init_scale", a.l2_init_scale),
+                            ("analyze_weights_interval", a.analyze_weights_interval)):
+            if value < 0:
+                raise UsageError(f"agent.{name} must be 0 (off) or more, got {value}")
         if self.game.max_steps is not None and self.game.max_steps < 1:
             raise UsageError(f"game.max_steps must be at least 1, got {self.game.max_steps}")
         if t.eval_interval < 0:
@@ -173,6 +180,8 @@ class RunConfig:
                 f"trainer.overlap steps two halves of the envs in worker processes: it needs trainer.env_workers >= 2 "
                 f"and trainer.num_envs >= 2, got env_workers {t.env_workers}, num_envs {t.num_envs}"
             )
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
+            raise UsageError(f"trainer.device must be cpu, cuda or cuda:N, got '{t.device}'")
         compile_modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if t.compile_mode not in compile_modes:
             raise UsageError(f"trainer.compile_mode must be one of {', '.join(compile_modes)}, got '{t.compile_mode}'")
@@ -234,16 +243,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config file '{path}' must hold a mapping with sections agent, game, trainer")
     return data
-
-
-def read_text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of a user's file, or a one-line UsageError naming it."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(f"{what} '{path}' is not UTF-8 text (byte {error.start}: {error.reason})") from None
-    except OSError as error:
-        raise UsageError(f"cannot read {what} '{path}': {error.strerror or error}") from None
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:

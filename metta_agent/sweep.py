@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metta_agent.config import AgentSettings, RunConfig, build_config
 from metta_agent.errors import TrainingError, UsageError, first_line
+from metta_agent.files import write_text_atomically
 
 OBJECTIVES = {"hearts": "eval/hearts", "return": "eval/return"}
 SECTIONS = ("agent", "game", "trainer")
@@ -529,10 +529,7 @@ def write_best_config(best: FrozenTrial, path: Path, settings: SweepSettings) ->
         f"# train it with: metta-agent train --config {path}\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Several workers may write at once: each writes its own file and renames it over the old one.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    temporary.replace(path)
+    write_text_atomically(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
 
 

@@ -20,11 +20,16 @@ from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer, Value
 from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.config import AgentSettings
 from metta_agent.env.info import TAG_PREFIX, EnvInfo, Feature, tag_token_table
+from metta_agent.errors import UsageError
 
 
 class MettaAgent(nn.Module):
     def __init__(self, policy: nn.Module, settings: AgentSettings, env: EnvInfo):
         super().__init__()
+        cores = sum(isinstance(module, RecurrentCore) for module in policy.modules())
+        if cores != 1:
+            raise UsageError(f"architecture '{settings.name}' has {cores} recurrent cores (lstm components); an agent "
+                             "needs exactly one, which carries each agent's memory between steps")
         self.policy = policy
         self.settings = settings
         self.weights = WeightManager(policy.clipped_layers())

@@ -16,7 +16,8 @@ from torch import nn
 from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.config import AgentSettings
 from metta_agent.env.info import EnvInfo
-from metta_agent.errors import UsageError
+from metta_agent.errors import UsageError, first_line
+from metta_agent.param_budget import check_parameter_budget, meta_parameter_count
 from metta_agent.policies.component.graph import (
     ComponentPolicy,
     load_spec,
@@ -61,13 +62,13 @@ def resolve_architecture(name: str, spec_text: str | None = None) -> tuple[Polic
     if spec_text is not None and is_architecture_file(name):
         source = f"{name} (embedded)"
         spec = spec_from_text(spec_text, source)
-        return functools.partial(ComponentPolicy, spec=spec, source=source), sorted(spec_parameters(spec))
+        return functools.partial(ComponentPolicy, spec=spec, source=source), sorted(spec_parameters(spec, source))
     factory = PYTORCH_AGENTS.get(name)
     if factory is not None:
         return factory, [p for p in inspect.signature(factory).parameters if p != "env"]
     if name in shipped_architectures() or is_architecture_file(name):
         spec, source = load_spec(name)
-        return functools.partial(ComponentPolicy, spec=spec, source=source), sorted(spec_parameters(spec))
+        return functools.partial(ComponentPolicy, spec=spec, source=source), sorted(spec_parameters(spec, source))
     raise UsageError(f"unknown agent '{name}'; choose one of: {', '.join(agent_names())} or a path to a .yaml graph")
 
 
@@ -80,5 +81,13 @@ def build_agent(settings: AgentSettings, env: EnvInfo, spec_text: str | None = N
             raise UsageError(
                 f"unknown agent parameter '{key}' for '{settings.name}'; allowed: {', '.join(COMMON_SETTINGS + allowed)}"
             )
+    if getattr(factory, "func", None) is not ComponentPolicy:  # a graph checks its budget component by component
+        try:
+            values = meta_parameter_count(lambda: factory(env, **settings.kwargs))
+        except (RuntimeError, ValueError, TypeError) as error:  # e.g. a negative size
+            raise UsageError(f"agent '{settings.name}' cannot be built with {settings.kwargs}: {first_line(error)}") \
+                from None
+        check_parameter_budget(values, f"agent '{settings.name}' with {settings.kwargs or 'its defaults'}",
+                               "lower its size parameters (agent.kwargs)")
     policy = factory(env, **settings.kwargs)
     return MettaAgent(policy, settings, env)

@@ -100,15 +100,11 @@ def process_group(device: str) -> Iterator[World]:
 
 
 def resolve_device(name: str, world: World) -> torch.device:
-    """``cpu``, or ``cuda`` (this rank's local GPU) / ``cuda:N``; a CUDA device torch cannot see is an error."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"trainer.device must be cpu, cuda or cuda:N, got '{name}'") from None
+    """``cpu``, or ``cuda`` (this rank's local GPU) / ``cuda:N`` (``RunConfig.validate`` checked the name); a CUDA
+    device torch cannot see is an error."""
+    device = torch.device(name)
     if device.type == "cpu":
         return device
-    if device.type != "cuda":
-        raise UsageError(f"trainer.device must be cpu, cuda or cuda:N, got '{name}'")
     if not torch.cuda.is_available():
         raise UsageError(f"trainer.device {name}: this torch ({torch.__version__}) sees no CUDA device")
     if device.index is None:

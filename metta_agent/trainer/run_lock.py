@@ -23,8 +23,10 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_NAME
         self._file = None
+        self.created_folder = False
 
     def acquire(self) -> None:
+        self.created_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")
         try:
@@ -46,3 +48,15 @@ class RunDirLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+    def abandon(self) -> None:
+        """Release after a start that failed: a run directory this lock created, and that holds nothing but
+        the lock file, is removed again."""
+        self.release()
+        folder = self.path.parent
+        try:
+            if self.created_folder and [entry.name for entry in folder.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()
+                folder.rmdir()
+        except OSError:
+            pass

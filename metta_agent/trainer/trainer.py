@@ -29,9 +29,10 @@ from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.agent.registry import build_agent
 from metta_agent.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from metta_agent.config import RunConfig
-from metta_agent.errors import TrainingError, UsageError, first_line
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
+from metta_agent.errors import TrainingError, UsageError, first_line
+from metta_agent.files import write_text_atomically
 from metta_agent.games import game_stat_keys, make_game
 from metta_agent.trainer import distributed
 from metta_agent.trainer.experience import Experience
@@ -63,7 +64,6 @@ class Trainer:
         resume_from: Path | None = None,
     ):
         self.config = config
-        cfg = config.trainer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.world = distributed.current_world()
         # Bad settings are refused before anything touches the run directory.
@@ -75,6 +75,19 @@ class Trainer:
         if self.run_dir is not None and self.world.is_main:
             self._run_lock = RunDirLock(self.run_dir)
             self._run_lock.acquire()
+        try:
+            self._set_up(resume_from, show_progress)
+        except BaseException:
+            # A start that fails (an architecture too large for memory, a checkpoint refused...) leaves no new
+            # run directory behind, and no environment workers.
+            if getattr(self, "env", None) is not None:
+                self.env.close()
+            if self._run_lock is not None:
+                self._run_lock.abandon()
+            raise
+
+    def _set_up(self, resume_from: Path | None, show_progress: bool) -> None:
+        config, cfg = self.config, self.config.trainer
         self.device = distributed.resolve_device(cfg.device, self.world)
         threads = cfg.torch_threads or (distributed.default_torch_threads(self.world) if self.world.distributed else 0)
         if threads > 0:
@@ -377,7 +390,7 @@ class Trainer:
         if self.run_dir is None or not self.world.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        write_text_atomically(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         metrics_path = self.run_dir / "metrics.jsonl"
         if self.state.epoch > 0:
             # A resumed run repeats the epochs after its checkpoint: drop their old rows so none appears twice.
@@ -487,9 +500,7 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
             continue  # a line cut short by a kill
         if isinstance(row, dict) and int(row.get("epoch", 0)) <= last_epoch:
             kept.append(line)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    temporary.replace(path)
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def _counters(metadata: dict[str, Any], path: Path) -> tuple[int, int, int]:

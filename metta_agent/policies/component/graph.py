@@ -28,12 +28,12 @@ from torch import nn
 
 from metta_agent import contract as keys
 from metta_agent.blocks.recurrent import RecurrentCore
-from metta_agent.config import read_text_file
 from metta_agent.env.info import EnvInfo
 from metta_agent.errors import UsageError, first_line
+from metta_agent.files import read_text_file
+from metta_agent.param_budget import available_memory, check_parameter_budget, meta_parameter_count
 from metta_agent.policies.component.components import (
     COMPONENT_TYPES,
-    Component,
     required_parameters,
     type_parameters,
 )
@@ -88,8 +88,12 @@ def loaded_spec_text(path: str) -> str | None:
     return _LOADED_TEXT.get(str(Path(path).resolve()))
 
 
-def spec_parameters(spec: dict[str, Any]) -> dict[str, Any]:
-    return dict(spec.get("parameters") or {})
+def spec_parameters(spec: dict[str, Any], source: str) -> dict[str, Any]:
+    """The graph's parameters with their defaults (``source`` names the graph in errors)."""
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise GraphError(f"{source}: 'parameters' must be a mapping of names to default values, got {parameters!r:.40}")
+    return dict(parameters)
 
 
 class ComponentPolicy(nn.Module):
@@ -100,7 +104,7 @@ class ComponentPolicy(nn.Module):
         unknown = set(spec) - SPEC_KEYS
         if unknown:
             raise GraphError(f"{where}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(SPEC_KEYS))}")
-        parameters = spec_parameters(spec)
+        parameters = spec_parameters(spec, where)
         for key in kwargs:
             if key not in parameters:
                 raise GraphError(f"{where}: unknown parameter '{key}'; allowed: {', '.join(sorted(parameters))}")
@@ -110,7 +114,7 @@ class ComponentPolicy(nn.Module):
             raise GraphError(f"{where}: 'components' must be a non-empty list")
         ordered = _topological_order([_check_entry(entry, index, where) for index, entry in enumerate(entries)], where)
         outputs = spec.get("outputs") or {}
-        if set(outputs) != {"logits", "value"}:
+        if not isinstance(outputs, dict) or set(outputs) != {"logits", "value"}:
             raise GraphError(f"{where}: 'outputs' must name the 'logits' and 'value' components")
 
         self.components = nn.ModuleDict()
@@ -118,12 +122,17 @@ class ComponentPolicy(nn.Module):
         self.clip_scales: dict[str, float] = {}
         probe = _probe_batch(env)
         values: dict[str, Any] = {name: probe[name] for name in GRAPH_INPUTS}
+        total, available = 0, available_memory()
         for entry in ordered:
             name = entry["name"]
             params = {key: _resolve(value, parameters, name, where) for key, value in entry["params"].items()}
             builder, _ = COMPONENT_TYPES[entry["type"]]
             try:
                 inputs = [_lookup(values, source) for source in entry["sources"]]
+                total += meta_parameter_count(lambda: builder(inputs, env, **params))
+                check_parameter_budget(total, f"{where} (up to component '{name}')",
+                                       f"lower the size parameters ({', '.join(sorted(parameters)) or 'params'})",
+                                       available)
                 component = builder(inputs, env, **params)
                 output = component(inputs, probe)
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
@@ -135,9 +144,16 @@ class ComponentPolicy(nn.Module):
             self.clip_scales[name] = float(entry.get("clip_scale", 1.0))
             values[name] = output
         for role, target in outputs.items():
-            if target not in self.components:
+            if not isinstance(target, str) or target not in self.components:
                 raise GraphError(f"{where}: output '{role}' names unknown component '{target}'")
         self.logits_name, self.value_name = outputs["logits"], outputs["value"]
+        logits, value = _main(values[self.logits_name]), _main(values[self.value_name])
+        if logits.dim() != 2:
+            raise GraphError(f"{where}: output 'logits' ('{self.logits_name}') must give one row of action scores per "
+                             f"agent, [agents, actions]; it gives {list(logits.shape)} for 2 agents")
+        if value.shape != (len(probe),):
+            raise GraphError(f"{where}: output 'value' ('{self.value_name}') must give one number per agent, [agents]; "
+                             f"it gives {list(value.shape)} for 2 agents")
         for module in self.modules():
             if isinstance(module, RecurrentCore):
                 module.reset_memory()
@@ -203,23 +219,33 @@ def _topological_order(entries: list[dict[str, Any]], where: str) -> list[dict[s
             base = source.split(".", 1)[0]
             if base not in by_name and base not in GRAPH_INPUTS:
                 raise GraphError(f"{where}: component '{entry['name']}' has missing source '{source}'")
+    # Depth-first, sources before their consumer, with an explicit stack: a long chain of components must not
+    # reach Python's recursion limit.
     ordered: list[dict[str, Any]] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == "done" or name in GRAPH_INPUTS:
-            return
-        if state.get(name) == "visiting":
-            cycle = " -> ".join(path[path.index(name):] + [name])
-            raise GraphError(f"{where}: component '{name}' is in a cycle: {cycle}")
-        state[name] = "visiting"
-        for source in by_name[name]["sources"]:
-            visit(source.split(".", 1)[0], path + [name])
-        state[name] = "done"
-        ordered.append(by_name[name])
-
+    done: set[str] = set(GRAPH_INPUTS)
     for entry in entries:
-        visit(entry["name"], [])
+        if entry["name"] in done:
+            continue
+        stack = [(entry["name"], iter(entry["sources"]))]
+        visiting = {entry["name"]}
+        while stack:
+            name, pending = stack[-1]
+            source = next(pending, None)
+            if source is None:
+                stack.pop()
+                visiting.discard(name)
+                done.add(name)
+                ordered.append(by_name[name])
+                continue
+            base = source.split(".", 1)[0]
+            if base in done:
+                continue
+            if base in visiting:
+                path = [name for name, _ in stack]
+                cycle = " -> ".join(path[path.index(base):] + [base])
+                raise GraphError(f"{where}: component '{base}' is in a cycle: {cycle}")
+            visiting.add(base)
+            stack.append((base, iter(by_name[base]["sources"])))
     return ordered
 
 

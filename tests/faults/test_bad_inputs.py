@@ -20,6 +20,41 @@ BAD_SETTINGS = [
     ["--set", "trainer.adam_beta2=1"],
     ["--set", "agent.kwargs=5"],
     ["--set", "game.max_steps=0"],
+    ["--set", "trainer.device=tpu"],
+    ["--set", "trainer.device=cuda:x"],
+    ["--set", "trainer.lr_schedule=step"],
+    ["--set", "trainer.compile_mode=fastest"],
+    ["--set", "trainer.num_envs=0"],
+    ["--set", "trainer.batch_size=1000"],
+    ["--set", "trainer.minibatch_size=5000"],
+    ["--set", "trainer.bptt_horizon=0"],
+    ["--set", "trainer.update_epochs=0"],
+    ["--set", "trainer.keep_checkpoints=0"],
+    ["--set", "trainer.checkpoint_interval=-2"],
+    ["--set", "trainer.no_such_key=1"],
+    ["--set", "trainer.lr=fast"],
+    ["--set", "trainer.norm_adv=maybe"],
+    ["--set", "trainer.seed=-1"],
+    ["--set", "trainer.ent_coef=-0.1"],
+    ["--set", "trainer.clip_coef=0"],
+    ["--set", "trainer.gamma=0"],
+    ["--set", "trainer.lr_final_ratio=2"],
+    ["--set", "trainer.total_agent_steps=1.5"],
+    ["--set", "trainer.overlap=true"],
+    ["--set", "trainer.eval_episodes=0"],
+    ["--set", "agent.clip_range=-1"],
+    ["--set", "agent.l2_init_scale=-1"],
+    ["--set", "agent.analyze_weights_interval=-1"],
+    ["--set", "agent.no_such_parameter=3"],
+    ["--set", "agent.hidden_size=-8"],
+    ["--set", "game.max_steps=-3"],
+    ["--set", "game.name=chess"],
+    ["--set", "nodot=1"],
+    ["--set", "trainer.lr"],
+    ["--set", "tournament.rounds=3"],
+    ["--agent", "no_such_architecture"],
+    ["--agent", "missing.yaml"],
+    ["--nproc-per-node", "0"],
     ["--steps", "-5"],
     ["--steps", "0"],
 ]
@@ -58,3 +93,22 @@ def test_files_that_are_not_utf8_and_unusable_run_directories(tmp_path, capsys):
         assert main([*argv, "--steps", "100", "--quiet"]) == 2, argv
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and expected in err, (argv, err)
+
+
+BAD_COMMANDS = [
+    ["eval", "/no/such/run"],
+    ["eval", "{tmp}"],
+    ["plot", "/no/such/run", "--out", "{tmp}/x.png"],
+    ["train", "--resume", "--game", "heart"],
+    ["train", "--resume", "--run-dir", "{tmp}"],
+    ["train", "--config", "/no/such/config.yaml"],
+    ["train", "--nnodes", "2", "--game", "heart"],
+    ["games", "--json", "--nothing"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_COMMANDS, ids=lambda argv: " ".join(argv))
+def test_bad_command_is_one_line(argv, tmp_path, capsys):
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
