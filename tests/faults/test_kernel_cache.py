@@ -15,7 +15,7 @@ import pytest
 
 from metta_agent.blocks import fused_lstm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: subprocesses import this code
 BUILD_TIMEOUT = 300  # a build takes 30-60 s on a loaded machine; past this the test reports a hang
 
 # Loads the kernel and checks it against nn.LSTM; prints LOADED, or FALLBACK and the reason.
