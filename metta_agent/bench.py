@@ -51,6 +51,7 @@ env forward with random actions; it is meant for a throw-away trainer, not one w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -150,8 +151,7 @@ def _measure(
     # step's observation is a contiguous [N, M, 3] tensor, as torch.from_numpy(env obs) is in the trainer.
     data = trainer.experience.data
     captured_obs = data[keys.ENV_OBS].transpose(0, 1).contiguous().cpu()
-    captured_starts = data[keys.DONES].transpose(0, 1).contiguous().cpu()
-    captured_truncated = data[keys.TRUNCATEDS].transpose(0, 1).contiguous().cpu()
+    captured_starts = data[keys.STARTS].transpose(0, 1).contiguous().cpu()
     num_actions = len(trainer.env.action_names)
     rng = np.random.default_rng(cfg.seed)
 
@@ -168,11 +168,11 @@ def _measure(
         samples["env_sps"].append(epochs * batch_size / seconds)
 
         # -- rollout inference + storing --------------------------------------------------------------------
-        seconds = _time_inference(trainer, captured_obs, captured_starts, captured_truncated, epochs)
+        seconds = _time_inference(trainer, captured_obs, captured_starts, epochs)
         samples["inference_sps"].append(epochs * batch_size / seconds)
 
         if twin is not None:
-            seconds = _time_inference(twin, captured_obs, captured_starts, captured_truncated, epochs)
+            seconds = _time_inference(twin, captured_obs, captured_starts, epochs)
             samples["pytorch_inference_sps"].append(epochs * batch_size / seconds)
 
         # -- one PPO update on the filled buffer ------------------------------------------------------------
@@ -193,19 +193,16 @@ def _measure(
         seconds_by_variant = {True: 0.0, False: 0.0}
         rollout_seconds = update_seconds = 0.0
         order = (True, False) if repeat % 2 == 0 else (False, True)
-        try:
-            for _ in range(epochs):
-                for restarts in order:
-                    trainer.agent.set_reset_inside_segments(restarts)
+        for _ in range(epochs):
+            for restarts in order:
+                with contextlib.nullcontext() if restarts else restarts_ignored(trainer):
                     start = time.perf_counter()
                     metrics = trainer.run_epoch()
                     seconds_by_variant[restarts] += time.perf_counter() - start
-                    if restarts:
-                        rollout_seconds += float(metrics.get("rollout_seconds") or 0.0)
-                        update_seconds += float(metrics.get("update_seconds") or 0.0)
-                        samples["restart_segment_fraction"].append(_restart_segment_fraction(trainer))
-        finally:
-            trainer.agent.set_reset_inside_segments(True)
+                if restarts:
+                    rollout_seconds += float(metrics.get("rollout_seconds") or 0.0)
+                    update_seconds += float(metrics.get("update_seconds") or 0.0)
+                    samples["restart_segment_fraction"].append(_restart_segment_fraction(trainer))
         samples["train_sps"].append(epochs * batch_size / seconds_by_variant[True])
         samples["train_sps_no_restarts"].append(epochs * batch_size / seconds_by_variant[False])
         if rollout_seconds > 0:
@@ -284,9 +281,30 @@ def _lstm_kernel(trainer) -> str:
     return f"nn.LSTM over episode pieces ({fused_lstm.failure() or f'{weights.device.type}, {weights.dtype}'})"
 
 
+@contextlib.contextmanager
+def restarts_ignored(trainer):
+    """Only to measure what ignoring in-segment restarts would cost (and that it breaks the ratio): the
+    trainer's minibatches show episode starts at each segment's step 0 only."""
+    experience = trainer.experience
+    every_segment = experience.minibatches
+
+    def without_restarts(*args, **kwargs):
+        for minibatch in every_segment(*args, **kwargs):
+            starts = minibatch[keys.STARTS].clone()
+            starts[:, 1:] = False
+            minibatch[keys.STARTS] = starts
+            yield minibatch
+
+    experience.minibatches = without_restarts
+    try:
+        yield
+    finally:
+        del experience.minibatches
+
+
 def _restart_segment_fraction(trainer) -> float:
     """Fraction of the last batch's training segments that hold an episode start after their first step."""
-    starts = trainer.experience.segments()[keys.DONES][:, 1:]
+    starts = trainer.experience.segments()[keys.STARTS][:, 1:]
     return float(starts.any(dim=1).float().mean())
 
 
@@ -327,14 +345,13 @@ def _time_env(trainer, actions: np.ndarray) -> float:
     seconds = time.perf_counter() - start
     # Leave the trainer's next-step inputs consistent with where the env now is (the obs tensor is a view
     # of the env's buffer; the flags are copies the trainer makes after each step).
-    if hasattr(trainer, "_truncated") and hasattr(trainer, "_starts"):
+    if hasattr(trainer, "_starts"):
         trainer._obs = torch.from_numpy(obs)
-        trainer._truncated = torch.from_numpy(truncations).clone()
-        trainer._starts = torch.from_numpy(terminals) | trainer._truncated
+        trainer._starts = torch.from_numpy(terminals | truncations)
     return seconds
 
 
-def _time_inference(trainer, obs: torch.Tensor, starts: torch.Tensor, truncated: torch.Tensor, epochs: int) -> float:
+def _time_inference(trainer, obs: torch.Tensor, starts: torch.Tensor, epochs: int) -> float:
     """Seconds of ``epochs`` rollouts of ``_policy_step`` + ``Experience.store`` on captured inputs."""
     experience = trainer.experience
     steps = obs.shape[0]
@@ -342,7 +359,7 @@ def _time_inference(trainer, obs: torch.Tensor, starts: torch.Tensor, truncated:
         start = time.perf_counter()
         for _ in range(epochs):
             for t in range(steps):
-                step = trainer._policy_step(obs[t], starts[t], truncated[t])
+                step = trainer._policy_step(obs[t], starts[t])
                 experience.store(t, step)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)

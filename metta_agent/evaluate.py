@@ -81,8 +81,7 @@ class AgentActor:
     def act(self, obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
         n = obs.shape[0]
         td = TensorDict({keys.ENV_OBS: torch.from_numpy(obs).to(self.device),
-                         keys.DONES: torch.from_numpy(starts).to(self.device),
-                         keys.TRAINING_ENV_IDS: torch.arange(n, device=self.device)}, batch_size=[n])
+                         keys.STARTS: torch.from_numpy(starts).to(self.device)}, batch_size=[n])
         agent = self.agent
         was_training, was_greedy, was_generator = agent.training, agent.greedy, agent.sampling_generator
         agent.eval()

@@ -103,8 +103,7 @@ def engine_rollout(env_info: EnvInfo, game, agent: MettaAgent, seed: int) -> tup
         agent.reset_memory()
         with torch.inference_mode():
             for _ in range(ROLLOUT_STEPS - 1):
-                td = TensorDict({keys.ENV_OBS: obs[-1], keys.DONES: starts[-1],
-                                 keys.TRAINING_ENV_IDS: torch.arange(env.num_agents)}, batch_size=[env.num_agents])
+                td = TensorDict({keys.ENV_OBS: obs[-1], keys.STARTS: starts[-1]}, batch_size=[env.num_agents])
                 actions = agent(td)[keys.ACTIONS].numpy()
                 next_obs, _, terminals, truncations = env.step(actions)
                 obs.append(torch.from_numpy(next_obs.copy()))
@@ -121,8 +120,7 @@ def step_outputs(agent: MettaAgent, obs: torch.Tensor, starts: torch.Tensor,
     outputs = []
     with torch.inference_mode():
         for t in range(steps):
-            td = TensorDict({keys.ENV_OBS: obs[:, t], keys.DONES: starts[:, t],
-                             keys.TRAINING_ENV_IDS: torch.arange(n)}, batch_size=[n])
+            td = TensorDict({keys.ENV_OBS: obs[:, t], keys.STARTS: starts[:, t]}, batch_size=[n])
             if actions is not None:
                 td[keys.ACTIONS] = actions[:, t]
             outputs.append(agent(td).exclude(keys.ENTROPY))
@@ -166,7 +164,7 @@ def check_architecture(name: str, seed: int = 0) -> ParityReport:
     # 3. Training mode on [B, TT] segments (state from the rollout at t = 0, restarts inside).
     bptt = 8
     segments = out_c.reshape(-1, bptt)
-    inputs = (keys.ENV_OBS, keys.DONES, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C)
+    inputs = (keys.ENV_OBS, keys.STARTS, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C)
     train_c, train_p = component(segments.select(*inputs).clone()), pytorch(segments.select(*inputs).clone())
     training_diff = max(max_difference(train_c[k], train_p[k])
                         for k in (keys.FULL_LOG_PROBS, keys.VALUES, keys.ACT_LOG_PROB, keys.ENTROPY))
@@ -186,7 +184,7 @@ def check_architecture(name: str, seed: int = 0) -> ParityReport:
 
 def _gradient_check(component: MettaAgent, pytorch: MettaAgent, segments: TensorDict, seed: int) -> Check:
     generator = torch.Generator().manual_seed(seed + 3)
-    batch = segments.select(keys.ENV_OBS, keys.DONES, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C,
+    batch = segments.select(keys.ENV_OBS, keys.STARTS, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C,
                             keys.ACT_LOG_PROB, keys.VALUES).clone()
     batch[keys.ADVANTAGES] = torch.randn(batch.batch_size, generator=generator)
     batch[keys.RETURNS] = torch.randn(batch.batch_size, generator=generator)

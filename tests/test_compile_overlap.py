@@ -14,7 +14,7 @@ from metta_agent.errors import UsageError
 from metta_agent.trainer.compiled import compile_policy
 from metta_agent.trainer.trainer import Trainer
 
-TRAIN_INPUTS = (keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C)
+TRAIN_INPUTS = (keys.ENV_OBS, keys.STARTS, keys.ACTIONS, keys.LSTM_H, keys.LSTM_C)
 
 
 def tiny_config(**trainer):
@@ -46,8 +46,7 @@ def test_compiled_policy_matches_eager(agent_name):
                 outputs = []
                 for agent in (eager, compiled):
                     torch.manual_seed(t)
-                    td = data[:, t].select(keys.ENV_OBS, keys.DONES, keys.TRUNCATEDS).clone()
-                    td[keys.TRAINING_ENV_IDS] = torch.arange(td.batch_size[0])
+                    td = data[:, t].select(keys.ENV_OBS, keys.STARTS).clone()
                     outputs.append(agent(td))
                 for key in (keys.ACT_LOG_PROB, keys.VALUES, keys.LSTM_H, keys.FULL_LOG_PROBS):
                     torch.testing.assert_close(outputs[1][key], outputs[0][key], atol=1e-5, rtol=1e-5)
@@ -96,7 +95,7 @@ def test_overlapped_rollout_keeps_per_agent_memory_right():
         trainer.env.step_async = lambda actions, rows: (calls.append(rows), original(actions, rows))[1]
         history = [trainer.run_epoch() for _ in range(3)]
         assert calls[:4] == [slice(0, 8), slice(8, 16)] * 2
-        restarts = trainer.experience.segments()[keys.DONES][:, 1:].any(dim=1).float().mean()
+        restarts = trainer.experience.segments()[keys.STARTS][:, 1:].any(dim=1).float().mean()
         assert restarts > 0.3
         assert all(m["ratio_dev_before_update"] <= 1e-4 for m in history), history
         assert sum(m["episodes"] for m in history) > 0

@@ -112,7 +112,7 @@ def test_a_component_checkpoint_loads_as_the_pytorch_form_and_back(tmp_path):
     obs[:, 0] = torch.tensor([0x55, 6, 2], dtype=torch.uint8)
     outputs = []
     for form in (agent, as_pytorch, load_agent(str(path))):
-        td = TensorDict({keys.ENV_OBS: obs, keys.DONES: torch.ones(4), keys.ACTIONS: torch.zeros(4, dtype=torch.long)},
+        td = TensorDict({keys.ENV_OBS: obs, keys.STARTS: torch.ones(4), keys.ACTIONS: torch.zeros(4, dtype=torch.long)},
                         batch_size=[4])
         outputs.append(form(td)[keys.FULL_LOG_PROBS])
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 import torch
-from tensordict import TensorDict
 
-from metta_agent import contract as keys
+from metta_agent.bench import restarts_ignored
 from metta_agent.blocks import fused_lstm
 from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.config import build_config
@@ -18,33 +17,30 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def segments(batch=12, bptt=16, seed=0):
-    """Training segments with restarts at random steps (the stored state is random too)."""
+    """Training segments ``[B, TT, 128]`` with restarts at random steps, from a random entering state."""
     generator = torch.Generator().manual_seed(seed)
-    dones = torch.rand(batch * bptt, generator=generator) < 0.1
-    td = TensorDict({
-        keys.DONES: dones.float(),
-        keys.BPTT: torch.full((batch * bptt,), bptt),
-        keys.LSTM_H: torch.randn(batch * bptt, 2, 128, generator=generator),
-        keys.LSTM_C: torch.randn(batch * bptt, 2, 128, generator=generator),
-    }, batch_size=[batch * bptt])
-    return torch.randn(batch * bptt, 128, generator=generator), td
+    starts = torch.rand(batch, bptt, generator=generator) < 0.1
+    state = (torch.randn(2, batch, 128, generator=generator), torch.randn(2, batch, 128, generator=generator))
+    return torch.randn(batch, bptt, 128, generator=generator), state, starts
 
 
 def test_cuda_lstm_cut_at_restarts_matches_the_cpu_core():
     torch.manual_seed(0)
     core = RecurrentCore()
-    x, td = segments()
+    x, state, starts = segments()
     x.requires_grad_(True)
-    out_cpu = core(x, td)
+    out_cpu, final_cpu = core(x, state, starts)
     grads_cpu = torch.autograd.grad(out_cpu.square().sum(), [x, *core.parameters()])
 
     core_cuda = RecurrentCore().cuda()
     core_cuda.load_state_dict(core.state_dict())
     x_cuda = x.detach().cuda().requires_grad_(True)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # full float32 products, as on the CPU
-        out_cuda = core_cuda(x_cuda, td.cuda())
+        out_cuda, final_cuda = core_cuda(x_cuda, tuple(s.cuda() for s in state), starts.cuda())
         grads_cuda = torch.autograd.grad(out_cuda.square().sum(), [x_cuda, *core_cuda.parameters()])
     assert (out_cuda.cpu() - out_cpu).abs().max() < 1e-4
+    for cpu, cuda in zip(final_cpu, final_cuda):
+        assert (cuda.cpu() - cpu).abs().max() < 1e-4
     for cpu, cuda in zip(grads_cpu, grads_cuda):
         assert (cuda.cpu() - cpu).abs().max() <= 1e-4 * cpu.abs().max().clamp_min(1.0)
     assert not fused_lstm.usable(x_cuda), "CUDA runs nn.LSTM over episode pieces, not the CPU kernel"
@@ -58,8 +54,8 @@ def test_cuda_training_keeps_ratio_one_with_in_segment_restarts(small_trainer_la
         assert next(trainer.agent.parameters()).device.type == "cuda"
         history = [trainer.run_epoch() for _ in range(3)]
         assert all(m["ratio_dev_before_update"] <= 1e-4 for m in history), history
-        trainer.agent.set_reset_inside_segments(False)
-        assert trainer.run_epoch()["ratio_dev_before_update"] > 1e-3
+        with restarts_ignored(trainer):
+            assert trainer.run_epoch()["ratio_dev_before_update"] > 1e-3
     finally:
         trainer.env.close()
 

@@ -82,8 +82,7 @@ def test_both_forms_give_equal_log_probs_on_real_observations(heart_component_ru
         starts = torch.ones(env.num_agents, dtype=torch.bool)
         for _ in range(12):
             for form, out in zip(forms, outputs):
-                td = TensorDict({keys.ENV_OBS: obs.clone(), keys.DONES: starts,
-                                 keys.TRAINING_ENV_IDS: torch.arange(env.num_agents)}, batch_size=[env.num_agents])
+                td = TensorDict({keys.ENV_OBS: obs.clone(), keys.STARTS: starts}, batch_size=[env.num_agents])
                 with torch.inference_mode():
                     out.append(form(td))
             next_obs, _, terminals, truncations = env.step(outputs[0][-1][keys.ACTIONS].numpy())
@@ -144,7 +143,7 @@ def test_greedy_takes_the_most_probable_action_and_sampling_is_the_default(heart
 
     def act():
         agent.reset_memory()
-        td = TensorDict({keys.ENV_OBS: obs, keys.DONES: torch.ones(n), keys.TRAINING_ENV_IDS: torch.arange(n)},
+        td = TensorDict({keys.ENV_OBS: obs, keys.STARTS: torch.ones(n)},
                         batch_size=[n])
         with torch.inference_mode():
             return agent(td)

@@ -107,11 +107,34 @@ def test_episode_pieces_match_nn_lstm_with_resets(dtype, tol):
     keep[:, 0] = True  # the stored state is the state after the first step's reset
     keep[0] = True  # a segment with no restart: a single piece
     keep[1, 1:] = False  # one with a restart at every step: pieces of length 1
-    y = core._train_episode_pieces(x, h0, c0, ~keep)
-    y_ref, _, _ = reference(core.lstm, x, h0, c0, keep)
+    y, (h_n, c_n) = core._train_episode_pieces(x, h0, c0, ~keep)
+    y_ref, h_ref, c_ref = reference(core.lstm, x, h0, c0, keep)
     assert (y.view_as(y_ref) - y_ref).abs().max().item() <= tol
+    assert (h_n - h_ref).abs().max().item() <= tol and (c_n - c_ref).abs().max().item() <= tol, "final states"
     inputs = [x, h0, c0, *core.parameters()]
     grads = torch.autograd.grad(y.square().sum(), inputs)
     grads_ref = torch.autograd.grad(y_ref.square().sum(), inputs)
     for got, want in zip(grads, grads_ref):
         assert (got - want).abs().max().item() <= tol * want.abs().max().clamp_min(1.0)
+
+
+@pytest.mark.parametrize("path", ["fused", "pieces"])
+def test_the_core_is_a_function_of_input_state_and_starts(path, monkeypatch):
+    """``core(x, state, starts) -> (out, final state)``, starts at step 0 included; stepping it one step at a
+    time (what the rollout does) gives the same outputs and final state."""
+    if path == "fused" and fused_lstm.load() is None:
+        pytest.skip("the fused kernel is unavailable here")
+    if path == "pieces":
+        monkeypatch.setattr(fused_lstm, "usable", lambda x: False)
+    core = RecurrentCore(input_size=12, hidden_size=16, num_layers=2).to(torch.float64)
+    _, x, h0, c0, keep = random_case(6, 20, 12, 16, 2, torch.float64, seed=3)
+    out, (h_n, c_n) = core(x, (h0, c0), ~keep)
+    y_ref, h_ref, c_ref = reference(core.lstm, x, h0, c0, keep)
+    for got, want in ((out, y_ref), (h_n, h_ref), (c_n, c_ref)):
+        assert (got - want).abs().max().item() <= 1e-11
+    state, steps = (h0, c0), []
+    for t in range(x.shape[1]):
+        step, state = core(x[:, t:t + 1], state, ~keep[:, t:t + 1])
+        steps.append(step)
+    assert (torch.cat(steps, 1) - out).abs().max().item() <= 1e-11
+    assert all((got - want).abs().max().item() <= 1e-11 for got, want in zip(state, (h_n, c_n)))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metta_agent import contract as keys
+from metta_agent.bench import restarts_ignored
 from metta_agent.config import build_config
 from metta_agent.trainer.experience import Experience
 from metta_agent.trainer.ppo import lr_lambda
@@ -70,11 +71,11 @@ def test_training_keeps_ratio_one_with_in_segment_restarts(small_trainer_layers,
     trainer = Trainer(build_config(layers), run_dir=None, show_progress=False)
     try:
         history = [trainer.run_epoch() for _ in range(3)]
-        restarts = trainer.experience.segments()[keys.DONES][:, 1:].any(dim=1).float().mean()
+        restarts = trainer.experience.segments()[keys.STARTS][:, 1:].any(dim=1).float().mean()
         assert restarts > 0.3, "most segments should hold a restart"
         assert all(m["ratio_dev_before_update"] <= 1e-4 for m in history), history
-        trainer.agent.set_reset_inside_segments(False)
-        broken = trainer.run_epoch()
+        with restarts_ignored(trainer):
+            broken = trainer.run_epoch()
         assert broken["ratio_dev_before_update"] > 1e-3
     finally:
         trainer.env.close()

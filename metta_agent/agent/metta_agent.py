@@ -7,13 +7,12 @@ log-probabilities, and weight management (docs/design.md, "Policy contract", "Me
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from tensordict import TensorDict
 from torch import nn
 
 from metta_agent import contract as keys
+from metta_agent.agent.memory import AgentMemory
 from metta_agent.agent.weights import WeightManager
 from metta_agent.blocks.heads import MAX_ACTION_EMBEDDINGS, ActionEmbedding
 from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer, ValueNormalizer
@@ -26,11 +25,13 @@ from metta_agent.errors import UsageError
 class MettaAgent(nn.Module):
     def __init__(self, policy: nn.Module, settings: AgentSettings, env: EnvInfo):
         super().__init__()
-        cores = sum(isinstance(module, RecurrentCore) for module in policy.modules())
-        if cores != 1:
-            raise UsageError(f"architecture '{settings.name}' has {cores} recurrent cores (lstm components); an agent "
-                             "needs exactly one, which carries each agent's memory between steps")
+        core = getattr(policy, "core", None)
+        if not isinstance(core, RecurrentCore):
+            raise UsageError(f"architecture '{settings.name}' has no recurrent core (policy.core, an lstm component): "
+                             "an agent needs one, which carries each agent's memory between steps")
         self.policy = policy
+        # Each agent's recurrent state between rollout steps: a plain object, so DDP and checkpoints ignore it.
+        self.memory = AgentMemory(core.num_layers, core.hidden_size)
         self.settings = settings
         self.weights = WeightManager(policy.clipped_layers())
         # Feature ids of the game the agent was built with: the policy's input layout, fixed forever.
@@ -100,12 +101,12 @@ class MettaAgent(nn.Module):
         if td.batch_dims == 2:
             batch, bptt = td.batch_size
             flat = td.reshape(batch * bptt)
-            self._run(flat, batch, bptt, sample=False)
+            self._run(flat, batch, bptt, sample=False, rollout=False)
             out = flat.reshape(batch, bptt)
             for key in (keys.ACT_LOG_PROB, keys.ENTROPY, keys.VALUES, keys.FULL_LOG_PROBS):
                 td[key] = out[key]
             return td
-        return self._run(td, td.batch_size[0], 1, sample=keys.ACTIONS not in td.keys())
+        return self._run(td, td.batch_size[0], 1, sample=keys.ACTIONS not in td.keys(), rollout=True)
 
     def read_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The game's tokens as this agent's policy reads them: object types one-hot, feature ids mapped by name
@@ -117,13 +118,19 @@ class MettaAgent(nn.Module):
             tokens = torch.stack((tokens[..., 0], feature, tokens[..., 2]), dim=-1)
         return tokens
 
-    def _run(self, td: TensorDict, batch: int, bptt: int, sample: bool) -> TensorDict:
-        n = batch * bptt
-        device = td.device if td.device is not None else td[keys.ENV_OBS].device
-        td[keys.BPTT] = torch.full((n,), bptt, dtype=torch.long, device=device)
-        td[keys.BATCH] = torch.full((n,), batch, dtype=torch.long, device=device)
-        td[keys.ENV_OBS] = self.read_tokens(td[keys.ENV_OBS])
-        logits, values = self.policy(td)
+    def _run(self, td: TensorDict, batch: int, bptt: int, sample: bool, rollout: bool) -> TensorDict:
+        tokens = self.read_tokens(td[keys.ENV_OBS])
+        starts = td[keys.STARTS].reshape(batch, bptt).bool()
+        if rollout:  # a rollout step: the state comes from and goes back to each agent's memory
+            rows = td[keys.AGENT_ROWS].long() if keys.AGENT_ROWS in td.keys() else torch.arange(batch, device=starts.device)
+            state = self.memory.read(rows, like=self.lstm_like(tokens))
+            td[keys.LSTM_H], td[keys.LSTM_C] = state[0].transpose(0, 1), state[1].transpose(0, 1)
+        else:  # training segments start from the memory the rollout read at their step 0
+            state = tuple(td[key].reshape(batch, bptt, *self.lstm_shape)[:, 0].transpose(0, 1).contiguous()
+                          for key in (keys.LSTM_H, keys.LSTM_C))
+        logits, values, final_state = self.policy(tokens, state, starts)
+        if rollout:
+            self.memory.write(rows, final_state)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         if sample:
             if self.greedy:
@@ -139,30 +146,23 @@ class MettaAgent(nn.Module):
         td[keys.FULL_LOG_PROBS] = log_probs
         return td
 
+    def lstm_like(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A tensor with the dtype and device the recurrent state takes."""
+        weight = self.policy.core.lstm.weight_hh_l0
+        return weight if weight.device == tokens.device else weight.to(tokens.device)
+
     # ---- recurrent state ----------------------------------------------------------------------------------
 
-    def _cores(self):
-        return [m for m in self.policy.modules() if isinstance(m, RecurrentCore)]
-
     def reset_memory(self) -> None:
-        for core in self._cores():
-            core.reset_memory()
+        self.memory.reset()
 
     def memory_frozen(self):
         """Context: rollout steps that do not store the new state (bootstrap values)."""
-        stack = contextlib.ExitStack()
-        for core in self._cores():
-            stack.enter_context(core.memory_frozen())
-        return stack
-
-    def set_reset_inside_segments(self, enabled: bool) -> None:
-        """Only to measure what ignoring in-segment restarts costs; the default (True) is the correct one."""
-        for core in self._cores():
-            core.reset_inside_segments = enabled
+        return self.memory.frozen()
 
     @property
     def lstm_shape(self) -> tuple[int, int]:
-        core = self._cores()[0]
+        core = self.policy.core
         return core.num_layers, core.hidden_size
 
     # ---- weights ------------------------------------------------------------------------------------------

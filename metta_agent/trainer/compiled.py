@@ -1,10 +1,9 @@
 """``torch.compile`` for the policy (``trainer.compile=true``): the encoder and heads compile, the LSTM core
 stays eager.
 
-The recurrent core branches on the data (whether a minibatch holds in-segment restarts), runs a C++
-extension (the fused LSTM) or a piece layout whose shape is read back with ``.tolist()``, and keeps
-per-agent memory as Python state between calls; traced, it would break the graph anyway or recompile on
-every batch. It is excluded explicitly, so the
+The recurrent core branches on the data (whether a minibatch holds in-segment restarts) and runs a C++
+extension (the fused LSTM) or a piece layout whose shape is read back to the host; traced, it would break
+the graph anyway or recompile on every batch. It is excluded explicitly, so the
 policy's forward becomes two compiled graphs, the observation encoder before the core and the heads after
 it. The policy is compiled in place (``nn.Module.compile``), so state-dict keys, checkpoints and the DDP
 wrapper see the same module as without compiling.

@@ -15,8 +15,7 @@ from metta_agent import contract as keys
 
 STEP_KEYS = (
     keys.ENV_OBS,
-    keys.DONES,
-    keys.TRUNCATEDS,
+    keys.STARTS,
     keys.ACTIONS,
     keys.ACT_LOG_PROB,
     keys.VALUES,
@@ -47,8 +46,7 @@ class Experience:
         self.data = TensorDict(
             {
                 keys.ENV_OBS: zeros(*obs_shape, dtype=torch.uint8),
-                keys.DONES: zeros(dtype=torch.bool),
-                keys.TRUNCATEDS: zeros(dtype=torch.bool),
+                keys.STARTS: zeros(dtype=torch.bool),
                 keys.ACTIONS: zeros(dtype=torch.long),
                 keys.ACT_LOG_PROB: zeros(),
                 keys.VALUES: zeros(),

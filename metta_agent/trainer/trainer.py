@@ -1,8 +1,8 @@
 """The training loop. One epoch reads top to bottom: rollout -> advantages -> minibatch updates -> log.
 
-The rollout keeps recurrent state per agent inside the policy's core (keyed by ``training_env_ids``); the
-experience buffer keeps the state each step started from, so every training segment starts where the
-rollout was, and resets inside segments reproduce the rollout's resets (docs/design.md, "Recurrent state").
+The agent keeps each agent's recurrent state in its memory (keyed by ``agent_rows``); the experience buffer
+keeps the state each step entered with, so every training segment starts where the rollout was, and the
+core's resets at episode starts reproduce the rollout's (docs/design.md, "Recurrent state").
 
 Under torchrun every rank runs this same loop on its own envs (``trainer/distributed.py``): the update's
 forward goes through DDP, so gradients are averaged; counts and SPS are over all ranks; rank 0 logs.
@@ -148,7 +148,6 @@ class Trainer:
         # The observation and flags the next rollout step acts on.
         self._obs = torch.from_numpy(self.env.reset())
         self._starts = torch.ones(self.num_agents, dtype=torch.bool)
-        self._truncated = torch.zeros(self.num_agents, dtype=torch.bool)
         self._agent_ids = torch.arange(self.num_agents, device=self.device)
         # Page-locked staging for observations bound for a GPU: one asynchronous copy per step.
         self._pinned_obs = torch.empty_like(self._obs).pin_memory() if self.device.type == "cuda" else None
@@ -275,14 +274,14 @@ class Trainer:
             for rows in self.row_groups:
                 if t > 0:
                     self._receive_env_step(t - 1, rows)
-                step = self._policy_step(self._obs[rows], self._starts[rows], self._truncated[rows], rows)
+                step = self._policy_step(self._obs[rows], self._starts[rows], rows)
                 experience.store(t, step, rows)
                 self.env.step_async(step[keys.ACTIONS].cpu().numpy(), rows)
         for rows in self.row_groups:
             self._receive_env_step(self.rollout_steps - 1, rows)
         # Bootstrap from the next observation without advancing the agents' memory.
         with self.agent.memory_frozen():
-            bootstrap = self._policy_step(self._obs, self._starts, self._truncated)[keys.VALUES]
+            bootstrap = self._policy_step(self._obs, self._starts)[keys.VALUES]
         cfg = self.config.trainer
         experience.compute_advantages(bootstrap, cfg.gamma, cfg.gae_lambda)
         return self.env.pop_episode_stats()
@@ -290,23 +289,19 @@ class Trainer:
     def _receive_env_step(self, t: int, rows: slice) -> None:
         """Wait for ``rows``' envs to finish step ``t``; store its rewards and which observations start episodes."""
         _, rewards, terminals, truncations = self.env.step_wait(rows)  # observations land in self._obs
-        self._truncated[rows] = torch.from_numpy(truncations)
-        self._starts[rows] = torch.from_numpy(terminals) | self._truncated[rows]
+        self._starts[rows] = torch.from_numpy(terminals | truncations)
         self.experience.store_outcome(
             t, torch.from_numpy(rewards).to(self.device), self._starts[rows].to(self.device), rows
         )
 
-    def _policy_step(
-        self, obs: torch.Tensor, starts: torch.Tensor, truncated: torch.Tensor, rows: slice | None = None
-    ) -> TensorDict:
+    def _policy_step(self, obs: torch.Tensor, starts: torch.Tensor, rows: slice | None = None) -> TensorDict:
         """The policy on agent ``rows`` (all by default): samples actions and advances their memory."""
         rows = slice(0, obs.shape[0]) if rows is None else rows
         td = TensorDict(
             {
                 keys.ENV_OBS: self._to_device(obs, rows),
-                keys.DONES: starts.to(self.device),
-                keys.TRUNCATEDS: truncated.to(self.device),
-                keys.TRAINING_ENV_IDS: self._agent_ids[rows],
+                keys.STARTS: starts.to(self.device),
+                keys.AGENT_ROWS: self._agent_ids[rows],
             },
             batch_size=[obs.shape[0]],
         )

@@ -47,10 +47,10 @@ BAD_GRAPHS = {
     "parameters as a number": (lambda s: s.update(parameters=5), "'parameters' must be a mapping"),
     "logits and value swapped": (lambda s: s.update(outputs={"logits": "critic", "value": "actor"}),
                                  "output 'logits' ('critic')"),
-    "no lstm": (_without_core, "0 recurrent cores"),
+    "no lstm": (_without_core, "exactly one lstm component"),
     "two lstms": (lambda s: s["components"].insert(7, {"name": "core0", "type": "lstm", "sources": ["encoded_obs"],
                                                         "params": {"hidden_size": 128}}) or
-                  _component(s, "core").update(sources=["core0"]), "2 recurrent cores"),
+                  _component(s, "core").update(sources=["core0"]), "found 2"),
     "critic fed from obs_box": (lambda s: _component(s, "critic").update(sources=["obs_box"]),
                                 "output 'value' ('critic') must give one number per agent"),
     "components as a mapping": (lambda s: s.update(components={"a": 1}), "'components' must be a non-empty list"),
@@ -113,3 +113,16 @@ def test_a_10000_component_chain_in_reverse_order_is_sorted_without_recursion():
     loop = [{"name": "a", "sources": ["c"]}, {"name": "b", "sources": ["a"]}, {"name": "c", "sources": ["b"]}]
     with pytest.raises(GraphError, match="a -> c -> b -> a"):
         _topological_order(loop, "loop")
+
+
+def test_a_pytorch_policy_without_a_core_is_refused(one_line, monkeypatch, tmp_path):
+    from metta_agent.agent import registry
+    from metta_agent.policies.pytorch.fast import Fast
+
+    class NoCore(Fast):
+        def __init__(self, env, hidden_size: int = 128):
+            super().__init__(env, hidden_size=hidden_size)
+            del self.core
+
+    monkeypatch.setitem(registry.PYTORCH_AGENTS, "pytorch/no_core", NoCore)
+    one_line(["train", *TRAIN, "--agent", "pytorch/no_core", "--run-dir", tmp_path / "run"], 2, "no recurrent core")

@@ -23,17 +23,17 @@ from typing import Any
 
 import torch
 import yaml
-from tensordict import TensorDict
 from torch import nn
 
 from metta_agent import contract as keys
-from metta_agent.blocks.recurrent import RecurrentCore
+from metta_agent.blocks.recurrent import LSTMState, RecurrentCore
 from metta_agent.env.info import EnvInfo
 from metta_agent.errors import UsageError, first_line
 from metta_agent.files import read_text_file
 from metta_agent.param_budget import available_memory, check_parameter_budget, meta_parameter_count
 from metta_agent.policies.component.components import (
     COMPONENT_TYPES,
+    SegmentContext,
     required_parameters,
     type_parameters,
 )
@@ -120,8 +120,14 @@ class ComponentPolicy(nn.Module):
         self.components = nn.ModuleDict()
         self.sources: dict[str, list[str]] = {}
         self.clip_scales: dict[str, float] = {}
-        probe = _probe_batch(env)
-        values: dict[str, Any] = {name: probe[name] for name in GRAPH_INPUTS}
+        cores = [entry["name"] for entry in ordered if entry["type"] == "lstm"]
+        if len(cores) != 1:
+            raise GraphError(f"{where}: needs exactly one lstm component (it carries each agent's memory), "
+                             f"found {len(cores)}")
+        self.core_name = cores[0]
+        probe = _probe_tokens(env)
+        context = SegmentContext(None, torch.ones(len(probe), 1, dtype=torch.bool))
+        values: dict[str, Any] = {keys.ENV_OBS: probe}
         total, available = 0, available_memory()
         for entry in ordered:
             name = entry["name"]
@@ -134,7 +140,7 @@ class ComponentPolicy(nn.Module):
                                        f"lower the size parameters ({', '.join(sorted(parameters)) or 'params'})",
                                        available)
                 component = builder(inputs, env, **params)
-                output = component(inputs, probe)
+                output = component(inputs, context)
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
                 shapes = ", ".join(_describe(values, s) for s in entry["sources"])
                 raise GraphError(f"{where}: component '{name}' ({entry['type']}) cannot take its inputs "
@@ -154,9 +160,10 @@ class ComponentPolicy(nn.Module):
         if value.shape != (len(probe),):
             raise GraphError(f"{where}: output 'value' ('{self.value_name}') must give one number per agent, [agents]; "
                              f"it gives {list(value.shape)} for 2 agents")
-        for module in self.modules():
-            if isinstance(module, RecurrentCore):
-                module.reset_memory()
+
+    @property
+    def core(self) -> RecurrentCore:
+        return self.components[self.core_name].block
 
     def clipped_layers(self) -> dict[str, tuple[nn.Module, float]]:
         layers: dict[str, tuple[nn.Module, float]] = {}
@@ -165,11 +172,14 @@ class ComponentPolicy(nn.Module):
                 layers[suffix or name] = (module, self.clip_scales[name])
         return layers
 
-    def forward(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        values: dict[str, Any] = {name: td[name] for name in GRAPH_INPUTS}
+    def forward(self, tokens: torch.Tensor, state: LSTMState,
+                starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+        """As ``RecurrentPolicy.forward``: rows ``[B*TT]``, the state entering each segment, ``starts [B, TT]``."""
+        context = SegmentContext(state, starts)
+        values: dict[str, Any] = {keys.ENV_OBS: tokens}
         for name, component in self.components.items():
-            values[name] = component([_lookup(values, source) for source in self.sources[name]], td)
-        return _main(values[self.logits_name]), _main(values[self.value_name])
+            values[name] = component([_lookup(values, source) for source in self.sources[name]], context)
+        return _main(values[self.logits_name]), _main(values[self.value_name]), context.final_state
 
 
 def _check_entry(entry: Any, index: int, where: str) -> dict[str, Any]:
@@ -279,17 +289,9 @@ def _main(value: Any) -> torch.Tensor:
     return next(iter(value.values())) if isinstance(value, dict) else value
 
 
-def _probe_batch(env: EnvInfo) -> TensorDict:
+def _probe_tokens(env: EnvInfo) -> torch.Tensor:
     """Two rows of padding-only tokens (plus one global token) to infer shapes; consumes no randomness."""
     tokens = torch.full((2, env.num_tokens, 3), 0xFF, dtype=torch.uint8)
     first = env.features[0].id if env.features else 0
     tokens[:, 0] = torch.tensor([0xFE, first, 1], dtype=torch.uint8)
-    return TensorDict(
-        {
-            keys.ENV_OBS: tokens,
-            keys.DONES: torch.ones(2, dtype=torch.bool),
-            keys.BPTT: torch.ones(2, dtype=torch.long),
-            keys.BATCH: torch.full((2,), 2, dtype=torch.long),
-        },
-        batch_size=[2],
-    )
+    return tokens

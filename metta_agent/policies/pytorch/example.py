@@ -7,12 +7,13 @@ clipping, checkpoints - is done by ``MettaAgent`` and the shared blocks):
    (``env.num_features``, ``env.obs_height``/``obs_width``, ``env.num_tokens``). Read sizes from the game,
    never hard-code feature ids. Keyword arguments become the agent's config parameters
    (``--set agent.hidden_size=256``); an unknown one is rejected with the list of these names.
-2. ``forward(self, td)``: read ``td["env_obs"]`` (uint8 ``[B*TT, M, 3]`` tokens: location, feature id,
-   value) and return ``(logits [B*TT, A], values [B*TT])``. Pass features through a ``RecurrentCore`` with
-   the TensorDict: it keeps each agent's LSTM state in rollout and replays segments in training, resetting
-   where episodes start. Use the shared ``Actor`` so action embeddings follow action *names* across games.
-3. ``clipped_layers(self)``: ``{name: (module, clip_scale)}`` of the layers ``clip_weights()``,
-   ``l2_init_loss()`` and the weight metrics cover.
+2. Subclass ``RecurrentPolicy`` and call ``self.attach_core_and_heads(hidden_size)`` after building the
+   encoder: it adds the LSTM core and the shared critic and actor (the actor's action embeddings follow
+   action *names* across games). ``MettaAgent`` keeps each agent's LSTM state and hands it to the core.
+3. ``encode(self, tokens)``: uint8 ``[rows, M, 3]`` tokens (location, feature id, value) -> one vector of
+   ``hidden_size`` per row. The composition runs the core and the heads on it.
+4. ``encoder_clipped_layers(self)``: ``{name: module}`` of the encoder layers ``clip_weights()``,
+   ``l2_init_loss()`` and the weight metrics cover (the heads' are added by the composition).
 
 Register the class in ``metta_agent/agent/registry.py`` (``PYTORCH_AGENTS``) to train it with
 ``metta-agent train --agent pytorch/<name>``.
@@ -24,19 +25,16 @@ normalised value and tagged with its position, the bag is max-pooled, and an MLP
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict
 from torch import nn
 
-from metta_agent import contract as keys
 from metta_agent.blocks.attention import FourierAttributeEmbedding
-from metta_agent.blocks.heads import Actor, Critic
 from metta_agent.blocks.init import linear
 from metta_agent.blocks.observation import TokenPadStrip, ValueNormalizer
-from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.env.info import EnvInfo
+from metta_agent.policies.pytorch.recurrent_policy import RecurrentPolicy
 
 
-class Example(nn.Module):
+class Example(RecurrentPolicy):
     def __init__(self, env: EnvInfo, embed_dim: int = 32, hidden_size: int = 128):
         super().__init__()
         # Encoder: tokens -> per-token vectors -> one vector per agent.
@@ -46,15 +44,11 @@ class Example(nn.Module):
                                                    width=env.obs_width)
         self.token_mlp = linear(self.embedding.output_dim, hidden_size)
         self.encoded_obs = linear(hidden_size, hidden_size)
-        # Recurrent core and heads: the same blocks every architecture uses.
-        self.core = RecurrentCore(hidden_size, hidden_size, num_layers=2)
-        self.critic = Critic(hidden_size, 1024)
-        self.actor = Actor(hidden_size, 512, 16)
+        # Recurrent core and heads: the same blocks every architecture uses (RecurrentPolicy).
+        self.attach_core_and_heads(hidden_size)
 
-    def clipped_layers(self) -> dict[str, tuple[nn.Module, float]]:
-        layers = {"token_mlp": self.token_mlp, "encoded_obs": self.encoded_obs,
-                  **self.critic.clipped_layers(), **self.actor.clipped_layers()}
-        return {name: (module, 1.0) for name, module in layers.items()}
+    def encoder_clipped_layers(self) -> dict[str, nn.Module]:
+        return {"token_mlp": self.token_mlp, "encoded_obs": self.encoded_obs}
 
     def encode(self, env_obs: torch.Tensor) -> torch.Tensor:
         tokens, padding = self.tokens(env_obs)
@@ -62,7 +56,3 @@ class Example(nn.Module):
         # Padding must not win the max: push it far below any real activation.
         pooled = per_token.masked_fill(padding.unsqueeze(-1), -1e4).max(dim=1).values
         return torch.relu(self.encoded_obs(pooled))
-
-    def forward(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.core(self.encode(td[keys.ENV_OBS]), td)
-        return self.actor(hidden), self.critic(hidden)

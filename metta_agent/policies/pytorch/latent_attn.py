@@ -6,15 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict
-from torch import nn
 
-from metta_agent import contract as keys
 from metta_agent.blocks.attention import FourierAttributeEmbedding, LatentCrossAttention, LatentSelfAttention
-from metta_agent.blocks.heads import Actor, Critic
 from metta_agent.blocks.observation import TokenPadStrip, ValueNormalizer
-from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.env.info import EnvInfo
+from metta_agent.policies.pytorch.recurrent_policy import RecurrentPolicy
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,7 @@ SIZES = {
 }
 
 
-class LatentAttn(nn.Module):
+class LatentAttn(RecurrentPolicy):
     def __init__(self, env: EnvInfo, sizes: LatentAttnSizes, hidden_size: int = 128):
         super().__init__()
         self.obs_tokens = TokenPadStrip()
@@ -54,23 +50,13 @@ class LatentAttn(nn.Module):
             LatentSelfAttention(sizes.cross_output_dim, hidden_size, sizes.heads, sizes.self_layers, use_cls=True)
             if with_self_attention else None
         )
-        self.core = RecurrentCore(hidden_size, hidden_size, num_layers=2)
-        self.critic = Critic(hidden_size, 1024)
-        self.actor = Actor(hidden_size, 512, 16)
-
-    def clipped_layers(self) -> dict[str, tuple[nn.Module, float]]:
-        return {name: (module, 1.0) for name, module in {**self.critic.clipped_layers(),
-                                                         **self.actor.clipped_layers()}.items()}
+        self.attach_core_and_heads(hidden_size)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens, padding = self.obs_tokens(tokens)
         embedded = self.obs_fourier(tokens, self.obs_values(tokens))
         latents = self.obs_latents(embedded, padding)
         return latents if self.obs_encoded is None else self.obs_encoded(latents)
-
-    def forward(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.core(self.encode(td[keys.ENV_OBS]), td)
-        return self.actor(hidden), self.critic(hidden)
 
 
 def latent_attn_tiny(env: EnvInfo, hidden_size: int = 128) -> LatentAttn:
