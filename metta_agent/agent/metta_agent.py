@@ -14,8 +14,8 @@ from torch import nn
 from metta_agent import contract as keys
 from metta_agent.agent.memory import AgentMemory
 from metta_agent.agent.weights import WeightManager
-from metta_agent.blocks.heads import MAX_ACTION_EMBEDDINGS, ActionEmbedding
-from metta_agent.blocks.observation import INVALID_FEATURE, ObsNormalizer, ValueNormalizer
+from metta_agent.blocks.heads import MAX_ACTION_EMBEDDINGS
+from metta_agent.blocks.observation import INVALID_FEATURE
 from metta_agent.blocks.recurrent import RecurrentCore
 from metta_agent.config import AgentSettings
 from metta_agent.env.info import TAG_PREFIX, EnvInfo, Feature, tag_token_table
@@ -69,12 +69,6 @@ class MettaAgent(nn.Module):
         self._remap_needed = any(
             self.original_features.get(f.name) is None or self.original_features[f.name].id != f.id for f in features
         )
-        normalizations = torch.ones(max(f.id for f in self.original_features.values()) + 1)
-        for feature in self.original_features.values():
-            normalizations[feature.id] = feature.normalization
-        for module in self.policy.modules():
-            if isinstance(module, (ObsNormalizer, ValueNormalizer)):
-                module.set_normalizations(normalizations)
         self._assign_action_rows(list(action_names))
         if device is not None:
             self.to(device)
@@ -88,10 +82,7 @@ class MettaAgent(nn.Module):
                     raise ValueError(f"no free action embedding row for action '{name}'")
                 self.action_rows[name] = free
         self.action_names = action_names
-        rows = [self.action_rows[name] for name in action_names]
-        for module in self.policy.modules():
-            if isinstance(module, ActionEmbedding):
-                module.set_action_rows(rows)
+        self.policy.actor.action_embeddings.set_action_rows([self.action_rows[name] for name in action_names])
 
     # ---- forward ----------------------------------------------------------------------------------------
 

@@ -50,9 +50,11 @@ class TokenToBox(nn.Module):
 class ObsNormalizer(nn.Module):
     """Divide each feature plane of a box ``[N, F, H, W]`` by that feature's normalisation."""
 
-    def __init__(self, num_features: int):
+    def __init__(self, num_features: int, normalizations: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("scale", torch.ones(num_features))
+        if normalizations is not None:
+            self.set_normalizations(normalizations)
 
     def set_normalizations(self, normalizations: torch.Tensor) -> None:
         """``normalizations[i]`` for feature id ``i``; ids past the box width are ignored."""
@@ -82,9 +84,11 @@ class TokenPadStrip(nn.Module):
 class ValueNormalizer(nn.Module):
     """Each token's value divided by its feature's normalisation, in float (padding gives 0)."""
 
-    def __init__(self):
+    def __init__(self, normalizations: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("scale", torch.ones(256))
+        if normalizations is not None:
+            self.set_normalizations(normalizations)
 
     def set_normalizations(self, normalizations: torch.Tensor) -> None:
         scale = torch.ones(256, device=self.scale.device)

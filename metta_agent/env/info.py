@@ -1,7 +1,8 @@
 """What a policy needs to know about a game: features, actions, window geometry.
 
 This is also where metta-agent decides how a game's observation is presented to its policies, in two
-ways that differ from mettagrid's own feature table (docs/design.md, "Observation encoding"; the
+ways that differ import torch
+from mettagrid's own feature table (docs/design.md, "Observation encoding"; the
 measurements are in docs/learning.md):
 
 - **Object types one-hot.** mettagrid 0.26 reports a cell's object type as one ``tag`` feature whose value
@@ -21,6 +22,7 @@ always reads observations the way it was trained to.
 
 from dataclasses import dataclass
 
+import torch
 from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 
@@ -68,6 +70,14 @@ class EnvInfo:
     def num_features(self) -> int:
         """Input width F of box encoders: max feature id + 1."""
         return max(f.id for f in self.features) + 1
+
+    @property
+    def normalizations(self) -> torch.Tensor:
+        """``[num_features]``: each feature id's normalisation (1 for ids no feature has)."""
+        scales = torch.ones(self.num_features)
+        for feature in self.features:
+            scales[feature.id] = feature.normalization
+        return scales
 
 
 def _normalization(name: str, engine_normalization: float) -> float:

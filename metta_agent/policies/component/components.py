@@ -62,7 +62,7 @@ def token_to_box(inputs, env: EnvInfo) -> Component:
 
 
 def obs_normalizer(inputs, env: EnvInfo) -> Component:
-    return Component(ObsNormalizer(inputs[0].shape[1]), lambda b, x, context: b(x[0]))
+    return Component(ObsNormalizer(inputs[0].shape[1], env.normalizations), lambda b, x, context: b(x[0]))
 
 
 def conv2d_layer(inputs, env: EnvInfo, out_channels: int, kernel_size: int, stride: int = 1,
@@ -114,7 +114,7 @@ def token_pad_strip(inputs, env: EnvInfo) -> Component:
 
 
 def value_normalizer(inputs, env: EnvInfo) -> Component:
-    return Component(ValueNormalizer(), lambda b, x, context: b(x[0]))
+    return Component(ValueNormalizer(env.normalizations), lambda b, x, context: b(x[0]))
 
 
 def fourier_embedding(inputs, env: EnvInfo, embed_dim: int, num_frequencies: int) -> Component:

@@ -26,6 +26,7 @@ import yaml
 from torch import nn
 
 from metta_agent import contract as keys
+from metta_agent.blocks.heads import Actor
 from metta_agent.blocks.recurrent import LSTMState, RecurrentCore
 from metta_agent.env.info import EnvInfo
 from metta_agent.errors import UsageError, first_line
@@ -160,10 +161,17 @@ class ComponentPolicy(nn.Module):
         if value.shape != (len(probe),):
             raise GraphError(f"{where}: output 'value' ('{self.value_name}') must give one number per agent, [agents]; "
                              f"it gives {list(value.shape)} for 2 agents")
+        if not isinstance(self.components[self.logits_name].block, Actor):
+            raise GraphError(f"{where}: output 'logits' must be an actor component (its action embeddings follow "
+                             f"action names), got '{self.logits_name}'")
 
     @property
     def core(self) -> RecurrentCore:
         return self.components[self.core_name].block
+
+    @property
+    def actor(self) -> Actor:
+        return self.components[self.logits_name].block
 
     def clipped_layers(self) -> dict[str, tuple[nn.Module, float]]:
         layers: dict[str, tuple[nn.Module, float]] = {}

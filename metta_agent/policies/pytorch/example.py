@@ -39,7 +39,7 @@ class Example(RecurrentPolicy):
         super().__init__()
         # Encoder: tokens -> per-token vectors -> one vector per agent.
         self.tokens = TokenPadStrip()  # drops trailing padding, returns the padding mask
-        self.values = ValueNormalizer()  # MettaAgent fills in the game's normalisations
+        self.values = ValueNormalizer(env.normalizations)  # each feature's scale
         self.embedding = FourierAttributeEmbedding(embed_dim, num_frequencies=4, height=env.obs_height,
                                                    width=env.obs_width)
         self.token_mlp = linear(self.embedding.output_dim, hidden_size)

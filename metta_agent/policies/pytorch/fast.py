@@ -21,7 +21,7 @@ class Fast(RecurrentPolicy):
         super().__init__()
         features = env.num_features
         self.token_to_box = TokenToBox(features, env.obs_height, env.obs_width)
-        self.obs_normalizer = ObsNormalizer(features)
+        self.obs_normalizer = ObsNormalizer(features, env.normalizations)
         self.cnn1 = conv2d(features, cnn_channels, kernel_size=5, stride=3)
         self.cnn2 = conv2d(cnn_channels, cnn_channels, kernel_size=3)
         height = conv_output_size(conv_output_size(env.obs_height, 5, 3), 3, 1)

@@ -36,7 +36,7 @@ class LatentAttn(RecurrentPolicy):
     def __init__(self, env: EnvInfo, sizes: LatentAttnSizes, hidden_size: int = 128):
         super().__init__()
         self.obs_tokens = TokenPadStrip()
-        self.obs_values = ValueNormalizer()
+        self.obs_values = ValueNormalizer(env.normalizations)
         self.obs_fourier = FourierAttributeEmbedding(sizes.embed_dim, sizes.num_frequencies, env.obs_height,
                                                      env.obs_width)
         with_self_attention = sizes.self_layers > 0
