@@ -45,7 +45,7 @@ def measure(game_name: str, episodes: int, seed: int) -> dict[str, Any]:
     from metta_agent.games import make_game
 
     game = make_game(game_name)
-    agents = EnvInfo.from_game(game).num_agents * episodes
+    agents = EnvInfo.from_game(game).agents_per_env * episodes
     entry: dict[str, Any] = {"episodes": episodes, "seed": seed}
     for name in BASELINES:
         entry[name] = summarize(run_episodes(game, episodes, seed, baseline_actor(name, game, agents, seed)))

@@ -7,7 +7,7 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
     ``VecEnv.step`` only, with uniform random actions (drawn beforehand), over a rollout's worth of steps
     (``batch_size / num_agents`` steps of all agents).
 ``inference_sps``
-    The rollout forward only, ``Trainer._policy_step`` (``agent(td)`` on the ``[N]`` TensorDict the trainer
+    The rollout forward only, ``Trainer.policy_step`` (``agent(td)`` on the ``[N]`` TensorDict the trainer
     builds) under ``torch.inference_mode``, plus ``Experience.store``, over a rollout's worth of steps. The
     observations and episode-start flags were captured from the real env during the warm-up epoch, so no env
     stepping is timed.
@@ -343,23 +343,20 @@ def _time_env(trainer, actions: np.ndarray) -> float:
     for row in actions:
         obs, rewards, terminals, truncations = env.step(row)
     seconds = time.perf_counter() - start
-    # Leave the trainer's next-step inputs consistent with where the env now is (the obs tensor is a view
-    # of the env's buffer; the flags are copies the trainer makes after each step).
-    if hasattr(trainer, "_starts"):
-        trainer._obs = torch.from_numpy(obs)
-        trainer._starts = torch.from_numpy(terminals | truncations)
+    # The trainer acts next where the env now is.
+    trainer.continue_from(obs, terminals | truncations)
     return seconds
 
 
 def _time_inference(trainer, obs: torch.Tensor, starts: torch.Tensor, epochs: int) -> float:
-    """Seconds of ``epochs`` rollouts of ``_policy_step`` + ``Experience.store`` on captured inputs."""
+    """Seconds of ``epochs`` rollouts of ``policy_step`` + ``Experience.store`` on captured inputs."""
     experience = trainer.experience
     steps = obs.shape[0]
     with torch.inference_mode():
         start = time.perf_counter()
         for _ in range(epochs):
             for t in range(steps):
-                step = trainer._policy_step(obs[t], starts[t])
+                step = trainer.policy_step(obs[t], starts[t])
                 experience.store(t, step)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)

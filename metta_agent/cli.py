@@ -406,7 +406,7 @@ def _launch_ranks(args: argparse.Namespace, config, run_dir: Path) -> int:
     from metta_agent.games import make_game
     from metta_agent.trainer import distributed
 
-    config.validate(EnvInfo.from_game(make_game(config.game.name, max_steps=config.game.max_steps)).num_agents)
+    config.validate(EnvInfo.from_game(make_game(config.game.name, max_steps=config.game.max_steps)).agents_per_env)
     distributed.resolve_device(config.trainer.device, distributed.World())
     if not args.resume and args.node_rank == 0:
         _check_run_dir_free(run_dir)

@@ -174,11 +174,11 @@ def evaluate(agent: MettaAgent, game, episodes: int = 8, seed: int = 0, greedy: 
         recorder = ReplayRecorder(replay_dir, f"{label}-{agent.settings.name.replace('/', '-')}-seed{seed}")
         observers.append(recorder)
     trained = run_episodes(game, episodes, seed, AgentActor(agent, seed, greedy), observers)
-    result: dict[str, Any] = {"episodes": episodes, "agents_per_episode": env.num_agents, "greedy": greedy,
+    result: dict[str, Any] = {"episodes": episodes, "agents_per_episode": env.agents_per_env, "greedy": greedy,
                               "dropped_features": dropped_features, "untrained_actions": untrained_actions}
     result.update(summarize(trained))
     for name in baselines:
-        played = run_episodes(game, episodes, seed, baseline_actor(name, game, episodes * env.num_agents, seed))
+        played = run_episodes(game, episodes, seed, baseline_actor(name, game, episodes * env.agents_per_env, seed))
         result.update({f"{name}_{key}": value for key, value in summarize(played).items()})
     if recorder is not None:
         result["replays"] = [str(path) for path in recorder.paths]

@@ -27,7 +27,7 @@ def agent_from_checkpoint(metadata: dict[str, Any], payload: dict[str, Any], pat
             obs_height=int(geometry["obs_height"]),
             obs_width=int(geometry["obs_width"]),
             num_tokens=int(geometry["num_tokens"]),
-            num_agents=1,
+            agents_per_env=1,
         )
         action_rows = {str(name): int(row) for name, row in agent_meta["action_rows"].items()}
     except (KeyError, TypeError, ValueError) as error:

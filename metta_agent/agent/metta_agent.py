@@ -176,7 +176,7 @@ class MettaAgent(nn.Module):
         return EnvInfo(
             features=tuple(self.original_features.values()),
             action_names=tuple(self.action_names),
-            num_agents=1,
+            agents_per_env=1,
             **self.geometry,
         )
 

@@ -46,7 +46,7 @@ class EnvInfo:
     obs_height: int
     obs_width: int
     num_tokens: int
-    num_agents: int
+    agents_per_env: int
 
     @classmethod
     def from_game(cls, game: MettaGridConfig) -> "EnvInfo":
@@ -63,7 +63,7 @@ class EnvInfo:
             obs_height=int(interface.obs_height),
             obs_width=int(interface.obs_width),
             num_tokens=int(interface.observation_shape[0]),
-            num_agents=int(interface.num_agents),
+            agents_per_env=int(interface.num_agents),
         )
 
     @property

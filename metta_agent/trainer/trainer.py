@@ -69,7 +69,7 @@ class Trainer:
         # Bad settings are refused before anything touches the run directory.
         self.game = make_game(config.game.name, max_steps=config.game.max_steps)
         self.env_info = EnvInfo.from_game(self.game)
-        config.validate(self.env_info.num_agents)
+        config.validate(self.env_info.agents_per_env)
         # One writer per run directory, taken before the checkpoint to resume from is even chosen.
         self._run_lock: RunDirLock | None = None
         if self.run_dir is not None and self.world.is_main:
@@ -146,11 +146,11 @@ class Trainer:
         self._stop_requested = False
         self._skipped_in_a_row = 0
         # The observation and flags the next rollout step acts on.
-        self._obs = torch.from_numpy(self.env.reset())
-        self._starts = torch.ones(self.num_agents, dtype=torch.bool)
+        self.continue_from(self.env.reset(), np.ones(self.num_agents, dtype=bool))
         self._agent_ids = torch.arange(self.num_agents, device=self.device)
         # Page-locked staging for observations bound for a GPU: one asynchronous copy per step.
-        self._pinned_obs = torch.empty_like(self._obs).pin_memory() if self.device.type == "cuda" else None
+        self._pinned_obs = (torch.empty(self.num_agents, *self.env.obs_shape, dtype=torch.uint8).pin_memory()
+                            if self.device.type == "cuda" else None)
         # The in-training evaluation plays a copy of the policy (rank 0 only), so the training agents' memory,
         # torch's global random stream and the train/eval mode stay untouched. Building the copy draws initial
         # weights: fork_rng puts the global stream back as it was.
@@ -271,31 +271,43 @@ class Trainer:
         policy acts for one group, the other group's workers step its envs (double buffering)."""
         experience = self.experience
         for t in range(self.rollout_steps):
-            for rows in self.row_groups:
+            for group, rows in enumerate(self.row_groups):
                 if t > 0:
-                    self._receive_env_step(t - 1, rows)
-                step = self._policy_step(self._obs[rows], self._starts[rows], rows)
+                    self._receive_env_step(t - 1, group)
+                step = self.policy_step(self._observations[group], self._starts[rows], rows)
                 experience.store(t, step, rows)
                 self.env.step_async(step[keys.ACTIONS].cpu().numpy(), rows)
-        for rows in self.row_groups:
-            self._receive_env_step(self.rollout_steps - 1, rows)
+        for group in range(len(self.row_groups)):
+            self._receive_env_step(self.rollout_steps - 1, group)
         # Bootstrap from the next observation without advancing the agents' memory.
+        observations = self._observations[0] if len(self._observations) == 1 else torch.cat(self._observations)
         with self.agent.memory_frozen():
-            bootstrap = self._policy_step(self._obs, self._starts)[keys.VALUES]
+            bootstrap = self.policy_step(observations, self._starts)[keys.VALUES]
         cfg = self.config.trainer
         experience.compute_advantages(bootstrap, cfg.gamma, cfg.gae_lambda)
         return self.env.pop_episode_stats()
 
-    def _receive_env_step(self, t: int, rows: slice) -> None:
-        """Wait for ``rows``' envs to finish step ``t``; store its rewards and which observations start episodes."""
-        _, rewards, terminals, truncations = self.env.step_wait(rows)  # observations land in self._obs
+    def continue_from(self, observations: np.ndarray, starts: np.ndarray) -> None:
+        """Act next on these observations of every agent row and their episode-start flags: after ``env.reset()``,
+        or after stepping ``self.env`` directly (as the bench does)."""
+        observations = torch.from_numpy(observations)
+        self._observations = [observations[rows] for rows in self.row_groups]
+        self._starts = torch.from_numpy(starts).clone()
+
+    def _receive_env_step(self, t: int, group: int) -> None:
+        """Wait for row group ``group``'s envs to finish step ``t``: keep their observations (the env's own
+        rows, valid until those rows step again), store the rewards and which observations start episodes."""
+        rows = self.row_groups[group]
+        observations, rewards, terminals, truncations = self.env.step_wait(rows)
+        self._observations[group] = torch.from_numpy(observations)
         self._starts[rows] = torch.from_numpy(terminals | truncations)
         self.experience.store_outcome(
             t, torch.from_numpy(rewards).to(self.device), self._starts[rows].to(self.device), rows
         )
 
-    def _policy_step(self, obs: torch.Tensor, starts: torch.Tensor, rows: slice | None = None) -> TensorDict:
-        """The policy on agent ``rows`` (all by default): samples actions and advances their memory."""
+    def policy_step(self, obs: torch.Tensor, starts: torch.Tensor, rows: slice | None = None) -> TensorDict:
+        """The policy on agent ``rows`` (all by default): samples actions and advances their memory. The
+        rollout's step; public for the bench, which times it on captured observations."""
         rows = slice(0, obs.shape[0]) if rows is None else rows
         td = TensorDict(
             {
