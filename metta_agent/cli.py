@@ -262,26 +262,12 @@ def resolve_run_config(args: argparse.Namespace):
 
 
 def resume_run_config(args: argparse.Namespace):
-    """The saved ``config.yaml`` of ``--run-dir``, with ``--steps`` and ``--set trainer.*`` applied."""
-    from metta_agent.config import build_config, load_yaml, parse_set
+    """The saved ``config.yaml`` of ``--run-dir``, with ``--steps`` and ``--set trainer.*`` applied (the rules
+    live in ``trainer/resume.py``)."""
+    from metta_agent.trainer import resume
 
-    if args.run_dir is None:
-        raise UsageError("--resume needs --run-dir, the directory of the run to continue")
-    for flag in ("agent", "game", "seed", "config"):
-        if getattr(args, flag, None) is not None:
-            raise UsageError(f"--{flag} cannot change a resumed run (it is read from {args.run_dir}/config.yaml)")
-    saved = args.run_dir / "config.yaml"
-    if not saved.is_file():
-        raise UsageError(f"'{args.run_dir}' is not a run directory: it has no config.yaml")
-    overrides = parse_set(args.set)
-    if set(overrides) - {"trainer"}:
-        raise UsageError("with --resume, --set may only change trainer.* keys (the agent and game are fixed)")
-    layers = [load_yaml(saved), overrides]
-    if args.steps is not None:
-        layers.append({"trainer": {"total_agent_steps": args.steps}})
-    if getattr(args, "device", None) is not None:
-        layers.append({"trainer": {"device": args.device}})
-    return build_config(layers)
+    given = [flag for flag in resume.FIXED_FLAGS if getattr(args, flag, None) is not None]
+    return resume.resume_config(args.run_dir, given, args.set, args.steps, getattr(args, "device", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ forward goes through DDP, so gradients are averaged; counts and SPS are over all
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tensordict import TensorDict
 
 from metta_agent import contract as keys
@@ -31,14 +29,14 @@ from metta_agent.checkpoint import checkpoint_path, load_checkpoint, save_checkp
 from metta_agent.config import RunConfig
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
-from metta_agent.errors import TrainingError, UsageError, first_line
-from metta_agent.files import write_text_atomically
+from metta_agent.errors import TrainingError
 from metta_agent.games import game_stat_keys, make_game
-from metta_agent.trainer import distributed
+from metta_agent.trainer import distributed, resume
 from metta_agent.trainer.experience import Experience
 from metta_agent.trainer.ppo import explained_variance, lr_lambda, ppo_loss
 from metta_agent.trainer.progress import Progress
 from metta_agent.trainer.run_lock import RunDirLock
+from metta_agent.trainer.run_log import RunLog
 
 
 @dataclass
@@ -98,7 +96,8 @@ class Trainer:
         resumed = None
         if resume_from is not None:
             resumed = load_checkpoint(resume_from)
-            self.state.epoch, self.state.agent_steps, self.state.skipped_updates = _counters(resumed[0], resume_from)
+            self.state.epoch, self.state.agent_steps, self.state.skipped_updates = resume.counters(resumed[0],
+                                                                                                  resume_from)
 
         self.agent: MettaAgent = build_agent(config.agent, self.env_info).to(self.device)
         if cfg.compile:
@@ -113,7 +112,7 @@ class Trainer:
         self.env = VecEnv(
             self.game,
             num_envs=cfg.num_envs,
-            seed=env_seed(cfg.seed, self.state.epoch),
+            seed=resume.env_seed(cfg.seed, self.state.epoch),
             num_workers=cfg.env_workers,
             stat_keys=game_stat_keys(self.game),
             first_env_index=self.world.rank * cfg.num_envs,
@@ -134,15 +133,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_epochs))
         self.minibatch_generator = torch.Generator().manual_seed(cfg.seed + self.world.rank)
         if resumed is not None:
-            self._restore(*resumed, path=resume_from)
-            if self.world.distributed:
-                # The checkpoint holds rank 0's random streams only: give each rank its own again.
-                rank_seed = int(np.random.SeedSequence([cfg.seed, self.world.rank, self.state.epoch]).generate_state(1)[0])
-                torch.manual_seed(rank_seed)
-                self.minibatch_generator.manual_seed(rank_seed)
+            resume.restore(self, *resumed, path=resume_from)
         self.show_progress = show_progress
-        self._writer = None
-        self._metrics_file = None
+        self._run_log: RunLog | None = None
         self._stop_requested = False
         self._skipped_in_a_row = 0
         # The observation and flags the next rollout step acts on.
@@ -394,56 +387,21 @@ class Trainer:
         return self._stop_requested
 
     def _open_logs(self) -> None:
-        if self.run_dir is None or not self.world.is_main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        metrics_path = self.run_dir / "metrics.jsonl"
-        if self.state.epoch > 0:
-            # A resumed run repeats the epochs after its checkpoint: drop their old rows so none appears twice.
-            truncate_metrics(metrics_path, self.state.epoch)
-        self._metrics_file = open(metrics_path, "a", encoding="utf-8")
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step makes TensorBoard discard events logged at or after it by the run before the resume.
-        purge_step = self.state.agent_steps + 1 if self.state.epoch > 0 else None
-        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        if self.run_dir is not None and self.world.is_main:
+            self._run_log = RunLog(self.run_dir, self.config, self.state.epoch, self.state.agent_steps)
 
     def _close_logs(self) -> None:
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._run_log is not None:
+            self._run_log.close()
+            self._run_log = None
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.state.history.append(metrics)
-        if self._metrics_file is not None:
-            self._metrics_file.write(json.dumps(_json_safe(metrics)) + "\n")
-            self._metrics_file.flush()
-        if self._writer is not None:
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
-                    tag = name if "/" in name else f"train/{name}"
-                    self._writer.add_scalar(tag, value, self.state.agent_steps)
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent.metadata(),
-            "config": self.config.to_dict(),
-            "game": self.config.game.name,
-            "trainer": {
-                "epoch": self.state.epoch,
-                "agent_steps": self.state.agent_steps,
-                "skipped_updates": self.state.skipped_updates,
-                "numpy_rng": _numpy_rng_state(),
-                "world_size": self.world.world_size,
-            },
-        }
+        if self._run_log is not None:
+            self._run_log.write(metrics, self.state.agent_steps)
 
     def save_checkpoint(self) -> Path | None:
         if self.run_dir is None or self.state.epoch == 0 or not self.world.is_main:
@@ -457,75 +415,8 @@ class Trainer:
             warnings.warn(f"not writing checkpoint {path.name}: non-finite values in {', '.join(bad[:3])}",
                           RuntimeWarning, stacklevel=2)
             return None
-        tensors = {
-            "model": self.agent.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "minibatch_rng": self.minibatch_generator.get_state(),
-        }
-        return save_checkpoint(path, self.checkpoint_metadata(), tensors, keep=self.config.trainer.keep_checkpoints)
-
-    def _restore(self, metadata: dict[str, Any], payload: dict[str, Any], path: Path) -> None:
-        """Load weights, optimizer, schedule and RNG states from a checkpoint of this run."""
-        saved_agent = metadata.get("agent", {}).get("settings", {}).get("name")
-        if saved_agent != self.config.agent.name:
-            raise UsageError(f"'{path}' holds a '{saved_agent}' agent, but this run trains '{self.config.agent.name}'")
-        try:
-            self.agent.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            self.scheduler.load_state_dict(payload["scheduler"])
-            torch.set_rng_state(payload["torch_rng"])
-            self.minibatch_generator.set_state(payload["minibatch_rng"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise UsageError(f"cannot resume from '{path}': {first_line(error)[:160]}") from None
-        numpy_rng = metadata.get("trainer", {}).get("numpy_rng")
-        if numpy_rng is not None:
-            np.random.set_state(_numpy_rng_from_json(numpy_rng))
-
-
-def env_seed(seed: int, epoch: int) -> int:
-    """The environments' seed: the run seed for a fresh run; a resumed run draws new maps, not the first ones."""
-    if epoch == 0:
-        return int(seed)
-    state = np.random.SeedSequence([int(seed), int(epoch), _RESUME_KEY]).generate_state(1, np.uint32)
-    return int(state[0] >> 1)
-
-
-_RESUME_KEY = 0x2E5E
-
-
-def truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Keep only the rows of ``metrics.jsonl`` up to ``last_epoch`` (and drop a torn last line)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict) and int(row.get("epoch", 0)) <= last_epoch:
-            kept.append(line)
-    write_text_atomically(path, "".join(line + "\n" for line in kept))
-
-
-def _counters(metadata: dict[str, Any], path: Path) -> tuple[int, int, int]:
-    trainer = metadata.get("trainer", {})
-    try:
-        return int(trainer["epoch"]), int(trainer["agent_steps"]), int(trainer.get("skipped_updates", 0))
-    except (KeyError, TypeError, ValueError):
-        raise UsageError(f"'{path}' has no trainer counters (epoch, agent_steps): it cannot be resumed") from None
-
-
-def _numpy_rng_state() -> list[Any]:
-    name, keys_, position, has_gauss, cached = np.random.get_state()
-    return [name, keys_.tolist(), int(position), int(has_gauss), float(cached)]
-
-
-def _numpy_rng_from_json(state: list[Any]) -> tuple[Any, ...]:
-    name, keys_, position, has_gauss, cached = state
-    return name, np.asarray(keys_, dtype=np.uint32), position, has_gauss, cached
+        metadata, tensors = resume.trainer_checkpoint(self)
+        return save_checkpoint(path, metadata, tensors, keep=self.config.trainer.keep_checkpoints)
 
 
 def _summarize_episodes(episodes: list[dict[str, float]]) -> dict[str, Any]:
@@ -535,12 +426,3 @@ def _summarize_episodes(episodes: list[dict[str, float]]) -> dict[str, Any]:
     for name in episodes[0]:
         summary[name] = float(np.mean([episode[name] for episode in episodes]))
     return summary
-
-
-def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
-    safe = {}
-    for name, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        safe[name] = value
-    return safe
