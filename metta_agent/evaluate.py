@@ -4,7 +4,7 @@ Each of ``episodes`` envs plays one episode, all in parallel. Every policy plays
 seeds). Means come with their standard error over episodes: the agents of one episode share a map and
 interact, so an episode's figure is the mean over its agents, and the error is taken over episodes.
 
-Evaluation maps come from their own seed domain: the envs are numbered from ``EVAL_ENV_INDEX_BASE``
+Evaluation maps come from their own seed domain: the envs are numbered from ``seeding.EVAL_ENV_INDEX_BASE``
 (2**40), an env index no training run reaches, so no evaluation map is ever a training map, whatever the
 seeds (``VecEnv`` seeds episode ``k`` of env ``e`` with ``(seed, e, k)``).
 
@@ -32,8 +32,8 @@ from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
 from metta_agent.games import game_stat_keys
+from metta_agent.seeding import EVAL_ENV_INDEX_BASE
 
-EVAL_ENV_INDEX_BASE = 1 << 40
 BASELINES = ("random", "scripted")
 
 

@@ -47,16 +47,13 @@ between them: the quadrants differ and one seed gives one map); ``arena_room`` a
 ``RandomMapBuilder``. Both have a ``seed`` field. The ``seed`` passed to ``Simulator().new_simulation(cfg, seed)``
 seeds only the C++ engine (tie-breaking between agents); it does **not** reach the map builder. With
 ``map_builder.seed`` left at ``None`` (what ``make_game`` returns) every episode gets a fresh map drawn
-from OS entropy: varied but not reproducible. For reproducible maps use :func:`with_map_seed`. When the
-map seed is set, ``Simulation`` builds its map with seed ``map_builder.seed + k``, where ``k`` is the
-number of simulations that ``Simulator`` object has created before (``Simulator.next_map_seed``; modulo
-``maps_cache_size`` if the Simulator caches maps). Therefore:
+from OS entropy: varied but not reproducible.
 
-* a fresh ``Simulator`` per episode and ``with_map_seed(cfg, s)``: the map is exactly a function of ``s``;
-* one long-lived ``Simulator`` per env and ``with_map_seed(cfg, env_seed)`` set once: episode ``k`` of that
-  env uses map seed ``env_seed + k``, deterministic and different per episode; keep the envs' seeds
-  further apart than the number of episodes an env will play (e.g. ``env_seed = base + 1_000_003 * i``)
-  so that two envs never replay the same map sequence.
+This project therefore sets the map builder's seed itself: ``VecEnv`` builds a new simulation for every
+episode and gives episode ``k`` of env ``e`` the seed ``seeding.episode_seed(run_seed, e, k)``, for the map
+builder and the engine alike, so a map is exactly a function of the run seed, the env index and the
+episode number (every seeding rule of a run is in ``seeding.py``). :func:`with_map_seed` fixes one map seed
+for code that builds simulations itself.
 """
 
 from __future__ import annotations

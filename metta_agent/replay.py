@@ -18,7 +18,8 @@ from mettagrid.config.mettagrid_c_config import convert_to_cpp_game_config
 from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.simulator.replay_log_writer import EpisodeReplay
 
-from metta_agent.env.vecenv import VecEnv, episode_seed
+from metta_agent.env.vecenv import VecEnv
+from metta_agent.seeding import episode_seed
 from metta_agent.games import with_map_seed
 
 REPLAY_SUFFIX = ".json.z"

@@ -189,7 +189,7 @@ def test_replays_match_what_mettagrid_writes_for_the_same_episode(tmp_path):
     from mettagrid.simulator.replay_log_writer import InMemoryReplayWriter
     from mettagrid.simulator.simulator import Buffers, Simulation
 
-    from metta_agent.env.vecenv import episode_seed
+    from metta_agent.seeding import episode_seed
     from metta_agent.games import with_map_seed
     from metta_agent.replay import ReplayRecorder
 

@@ -17,7 +17,8 @@ from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.config.obs_config import ObsConfig
 from mettagrid.config.reward_config import reward
 
-from metta_agent.env import VecEnv, episode_seed, first_episode_cutoff
+from metta_agent.env import VecEnv
+from metta_agent.seeding import episode_seed, first_episode_cutoff
 
 A = 4  # agents per env in the test game
 

@@ -1,5 +1,5 @@
 """Batched mettagrid environments."""
 
-from metta_agent.env.vecenv import VecEnv, episode_seed, first_episode_cutoff
+from metta_agent.env.vecenv import VecEnv
 
-__all__ = ["VecEnv", "episode_seed", "first_episode_cutoff"]
+__all__ = ["VecEnv"]

@@ -17,10 +17,11 @@ terminal (mettagrid's own rule), or when the first episode's staggered cut-off i
 
 Seeds
 -----
-Episode ``k`` of env ``e`` uses the seed ``episode_seed(seed, e, k)`` for both the map builder (its
-``seed`` field, when it has one: mettagrid's ``Simulation`` does not pass its own seed to the map builder)
-and the C++ engine. Maps therefore differ per env and per episode, and a run is reproducible. The
-staggered cut-off of env ``e``'s first episode is drawn from ``(seed, e)`` too.
+Episode ``k`` of env ``e`` uses the seed ``episode_seed(seed, e, k)`` (``seeding.py``) for both the map
+builder (its ``seed`` field, when it has one: mettagrid's ``Simulation`` does not pass its own seed to the
+map builder) and the C++ engine, in a new simulation per episode. Maps therefore differ per env and per
+episode, and a run is reproducible. The staggered cut-off of env ``e``'s first episode is drawn from
+``(seed, e)`` too.
 
 Workers
 -------
@@ -67,24 +68,11 @@ from mettagrid.mettagrid_c import (
 from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 from mettagrid.simulator.simulator import Buffers, Simulation
 
-__all__ = ["VecEnv", "episode_seed", "first_episode_cutoff"]
+from metta_agent.seeding import episode_seed, first_episode_cutoff
 
-_STAGGER_KEY = 0x57A6  # distinguishes the stagger draw from the episode seeds of the same env
+__all__ = ["VecEnv"]
+
 _EMPTY: list[dict[str, float]] = []
-
-
-def episode_seed(seed: int, env_index: int, episode: int) -> int:
-    """Seed of episode ``episode`` of env ``env_index`` in a run seeded with ``seed`` (0 <= result < 2**31)."""
-    state = np.random.SeedSequence([int(seed), int(env_index), int(episode)]).generate_state(1, np.uint32)
-    return int(state[0] >> 1)
-
-
-def first_episode_cutoff(seed: int, env_index: int, max_steps: int) -> int:
-    """Step in ``[1, max_steps]`` at which env ``env_index``'s first episode is cut (0: never, if no limit)."""
-    if max_steps <= 0:
-        return 0
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(env_index), _STAGGER_KEY]))
-    return int(rng.integers(1, max_steps + 1))
 
 
 class _EnvGroup:

@@ -1,7 +1,7 @@
 """Continuing a run, all its rules in one place (docs/design.md, "Checkpoints and resume"): which settings a
 resume may change, what a checkpoint of the trainer holds (weights, optimizer, schedule, the epoch and
 agent-step counters, every random stream) and how it is put back. The environments are not saved: a resumed
-run draws new maps (``env_seed``) and starts new episodes."""
+run draws new maps (``seeding.resumed_env_seed``) and starts new episodes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metta_agent import seeding
 from metta_agent.config import RunConfig, build_config, load_yaml, parse_set
 from metta_agent.errors import UsageError, first_line
 
@@ -92,21 +93,9 @@ def restore(trainer, metadata: dict[str, Any], payload: dict[str, Any], path: Pa
         np.random.set_state(_numpy_rng_from_json(numpy_rng))
     world = trainer.world
     if world.distributed:
-        seed = trainer.config.trainer.seed
-        rank_seed = int(np.random.SeedSequence([seed, world.rank, trainer.state.epoch]).generate_state(1)[0])
-        torch.manual_seed(rank_seed)
-        trainer.minibatch_generator.manual_seed(rank_seed)
-
-
-def env_seed(seed: int, epoch: int) -> int:
-    """The environments' seed: the run seed for a fresh run; a resumed run draws new maps, not the first ones."""
-    if epoch == 0:
-        return int(seed)
-    state = np.random.SeedSequence([int(seed), int(epoch), _RESUME_KEY]).generate_state(1, np.uint32)
-    return int(state[0] >> 1)
-
-
-_RESUME_KEY = 0x2E5E
+        fresh = seeding.resumed_rank_seed(trainer.config.trainer.seed, world.rank, trainer.state.epoch)
+        torch.manual_seed(fresh)
+        trainer.minibatch_generator.manual_seed(fresh)
 
 
 def _numpy_rng_state() -> list[Any]:

@@ -23,6 +23,7 @@ import torch
 from tensordict import TensorDict
 
 from metta_agent import contract as keys
+from metta_agent import seeding
 from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.agent.registry import build_agent
 from metta_agent.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
@@ -108,11 +109,11 @@ class Trainer:
         # calls the agent itself: no gradients there.
         self.train_forward = distributed.wrap_for_training(self.agent, self.device, self.world)
         if self.world.distributed:
-            torch.manual_seed(cfg.seed + self.world.rank)  # each rank samples its own actions
+            torch.manual_seed(seeding.rank_seed(cfg.seed, self.world.rank))  # each rank samples its own actions
         self.env = VecEnv(
             self.game,
             num_envs=cfg.num_envs,
-            seed=resume.env_seed(cfg.seed, self.state.epoch),
+            seed=seeding.resumed_env_seed(cfg.seed, self.state.epoch) if self.state.epoch else cfg.seed,
             num_workers=cfg.env_workers,
             stat_keys=game_stat_keys(self.game),
             first_env_index=self.world.rank * cfg.num_envs,
@@ -131,7 +132,7 @@ class Trainer:
         )
         self.total_epochs = max(1, math.ceil(cfg.total_agent_steps / self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_epochs))
-        self.minibatch_generator = torch.Generator().manual_seed(cfg.seed + self.world.rank)
+        self.minibatch_generator = torch.Generator().manual_seed(seeding.rank_seed(cfg.seed, self.world.rank))
         if resumed is not None:
             resume.restore(self, *resumed, path=resume_from)
         self.show_progress = show_progress
