@@ -32,13 +32,14 @@ from typing import Any, Iterator
 import torch
 
 from metta_agent.errors import TrainingError, UsageError, first_line
+from metta_agent.files import replace_atomically
 
 FORMAT = "metta-agent-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: no digests (loads unverified, with a warning)
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^epoch_(\d{6,})\.pt$")
-_TEMPORARY = re.compile(r"^\.epoch_\d{6,}\.pt\.tmp-(\d+)$")
+_TEMPORARY = re.compile(r"^\.epoch_\d{6,}\.pt\.tmp-(\d+)$")  # files.temporary_path of a checkpoint
 _FORMAT_KEYS = ("format", "format_version", "metadata", "metadata_sha256")
 ARCHITECTURE_YAML = "architecture_yaml"  # metadata["agent"][...]: the YAML graph of a user-file architecture
 MAX_RECORDS = 100_000
@@ -92,21 +93,10 @@ def save_checkpoint(path: Path, metadata: dict[str, Any], tensors: dict[str, Any
                "metadata_sha256": hashlib.sha256(text.encode()).hexdigest(), **tensors}
     if keep is not None:
         _prune(folder, max(keep - 1, 1), spare=path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(error, (OSError, RuntimeError)):
-            raise TrainingError(_write_failure(path, error, _estimated_size(tensors, text))) from None
-        raise
+        replace_atomically(path, lambda handle: torch.save(payload, handle))
+    except (OSError, RuntimeError) as error:
+        raise TrainingError(_write_failure(path, error, _estimated_size(tensors, text))) from None
     _sync_folder(folder)
     if keep is not None:
         _prune(folder, keep)

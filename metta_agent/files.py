@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO, Callable
 
 from metta_agent.errors import UsageError
 
@@ -18,22 +19,35 @@ def read_text_file(path: Path, what: str) -> str:
         raise UsageError(f"cannot read {what} '{path}': {error.strerror or error}") from None
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` all at once: a reader (or a crash) sees the old file or the new one,
-    never a half-written one. On failure (a full disk) the temporary file is removed and a one-line
-    UsageError names the path; the old file is untouched. The temporary name carries the PID, so several
-    writers (sweep workers) never share one."""
+def temporary_path(path: Path) -> Path:
+    """Where ``replace_atomically`` writes before renaming: ``.NAME.tmp-PID`` beside ``path`` (the PID, so
+    several writers such as sweep workers never share one, and a dead writer's file can be told apart)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def replace_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Replace ``path`` with what ``write`` puts into a binary file, all at once: a reader (or a crash) sees
+    the old file or the new one, never a half-written one. On any failure (a full disk) the temporary file
+    is removed and the error goes on; the old file is untouched."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = temporary_path(path)
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(temporary, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException:
         try:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``replace_atomically`` with UTF-8 ``text``; a failure is a one-line UsageError naming the path."""
+    try:
+        replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as error:
         raise UsageError(f"cannot write '{path}': {error.strerror or error}; it was left as it was") from None

@@ -9,7 +9,7 @@ From the run's ``trainer.seed`` (``s``):
   sample different actions. **Minibatch order**: its own generator, seeded ``rank_seed(s, r)``.
 - **Maps and engines**: episode ``k`` of env ``e`` (a global env index: rank ``r`` plays envs from
   ``r x num_envs``) uses ``episode_seed(env_seed, e, k)`` for the map builder and the C++ engine;
-  ``env_seed`` is ``s`` for a new run and ``resumed_env_seed(s, epoch)`` after a resume, which draws new maps.
+  ``env_seed(s, epoch)`` is ``s`` for a new run; after a resume it draws new maps.
   The cut-off of env ``e``'s first episode (staggered episode ends) comes from ``(env_seed, e)``.
 - **Evaluation**: envs numbered from ``EVAL_ENV_INDEX_BASE``, which no training run reaches, so evaluation
   maps are never training maps; the agent samples from its own generator seeded with the eval seed.
@@ -45,8 +45,10 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(seed) + int(rank)
 
 
-def resumed_env_seed(seed: int, epoch: int) -> int:
-    """The environments' seed of a run resumed at ``epoch`` (> 0): new maps, not the first ones."""
+def env_seed(seed: int, epoch: int) -> int:
+    """The environments' seed: the run seed for a fresh run; a run resumed at ``epoch`` draws new maps."""
+    if epoch == 0:
+        return int(seed)
     state = np.random.SeedSequence([int(seed), int(epoch), _RESUME_KEY]).generate_state(1, np.uint32)
     return int(state[0] >> 1)
 

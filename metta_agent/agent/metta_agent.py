@@ -114,7 +114,7 @@ class MettaAgent(nn.Module):
         starts = td[keys.STARTS].reshape(batch, bptt).bool()
         if rollout:  # a rollout step: the state comes from and goes back to each agent's memory
             rows = td[keys.AGENT_ROWS].long() if keys.AGENT_ROWS in td.keys() else torch.arange(batch, device=starts.device)
-            state = self.memory.read(rows, like=self.lstm_like(tokens))
+            state = self.memory.read(rows, like=self.policy.core.lstm.weight_hh_l0)
             td[keys.LSTM_H], td[keys.LSTM_C] = state[0].transpose(0, 1), state[1].transpose(0, 1)
         else:  # training segments start from the memory the rollout read at their step 0
             state = tuple(td[key].reshape(batch, bptt, *self.lstm_shape)[:, 0].transpose(0, 1).contiguous()
@@ -136,11 +136,6 @@ class MettaAgent(nn.Module):
         td[keys.VALUES] = values.float()
         td[keys.FULL_LOG_PROBS] = log_probs
         return td
-
-    def lstm_like(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A tensor with the dtype and device the recurrent state takes."""
-        weight = self.policy.core.lstm.weight_hh_l0
-        return weight if weight.device == tokens.device else weight.to(tokens.device)
 
     # ---- recurrent state ----------------------------------------------------------------------------------
 

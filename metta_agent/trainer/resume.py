@@ -1,7 +1,7 @@
 """Continuing a run, all its rules in one place (docs/design.md, "Checkpoints and resume"): which settings a
 resume may change, what a checkpoint of the trainer holds (weights, optimizer, schedule, the epoch and
 agent-step counters, every random stream) and how it is put back. The environments are not saved: a resumed
-run draws new maps (``seeding.resumed_env_seed``) and starts new episodes."""
+run draws new maps (``seeding.env_seed``) and starts new episodes."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ class Trainer:
         self.env = VecEnv(
             self.game,
             num_envs=cfg.num_envs,
-            seed=seeding.resumed_env_seed(cfg.seed, self.state.epoch) if self.state.epoch else cfg.seed,
+            seed=seeding.env_seed(cfg.seed, self.state.epoch),
             num_workers=cfg.env_workers,
             stat_keys=game_stat_keys(self.game),
             first_env_index=self.world.rank * cfg.num_envs,
