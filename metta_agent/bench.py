@@ -152,7 +152,7 @@ def _measure(
     data = trainer.experience.data
     captured_obs = data[keys.ENV_OBS].transpose(0, 1).contiguous().cpu()
     captured_starts = data[keys.STARTS].transpose(0, 1).contiguous().cpu()
-    num_actions = len(trainer.env.action_names)
+    num_actions = len(trainer.env_info.action_names)
     rng = np.random.default_rng(cfg.seed)
 
     extra = ("rollout_sps", "update_sps", "train_sps_no_restarts", "restart_segment_fraction")

@@ -65,7 +65,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mettagrid.config.mettagrid_config import MettaGridConfig
-from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+
+from metta_agent.env.info import EnvInfo
 
 __all__ = ["ScriptedPolicy"]
 
@@ -137,10 +138,10 @@ class _GameFacts:
     """Feature ids, tag meanings, actions, stations and resource values of a game, read from its config."""
 
     def __init__(self, game: MettaGridConfig):
-        env = PolicyEnvInterface.from_mg_cfg(game)
+        env = EnvInfo.from_game(game)
         g = game.game
-        self.feature = {f.name: f.id for f in env.obs_features}
-        self.window = int(env.egocentric_shape[0])
+        self.feature = {f.name: f.id for f in env.features}
+        self.window = env.obs_height
         self.centre = self.window // 2
         self.max_steps = int(g.max_steps)
         self.resources = list(g.resource_names)

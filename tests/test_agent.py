@@ -18,7 +18,7 @@ def heart_rollout():
         starts = [torch.ones(env.num_agents, dtype=torch.bool)]
         generator = torch.Generator().manual_seed(0)
         for _ in range(39):
-            actions = torch.randint(0, len(env.action_names), (env.num_agents,), generator=generator)
+            actions = torch.randint(0, len(env.info.action_names), (env.num_agents,), generator=generator)
             next_obs, _, terminals, truncations = env.step(actions.numpy())
             obs.append(torch.from_numpy(next_obs.copy()))
             starts.append(torch.from_numpy(terminals | truncations))

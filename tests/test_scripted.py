@@ -27,7 +27,7 @@ def _mean_hearts(game, num_envs: int, seed: int, policy: ScriptedPolicy | None) 
         done = np.zeros(env.num_envs, dtype=bool)
         while not done.all():
             if policy is None:
-                actions = rng.integers(0, len(env.action_names), size=env.num_agents)
+                actions = rng.integers(0, len(env.info.action_names), size=env.num_agents)
             else:
                 actions = policy.act(obs, starts)
             obs, _, terminals, truncations = env.step(actions)
@@ -68,7 +68,7 @@ def test_act_returns_one_valid_action_per_agent() -> None:
             actions = policy.act(obs, starts)
             assert actions.shape == (env.num_agents,)
             assert np.issubdtype(actions.dtype, np.integer)
-            assert ((actions >= 0) & (actions < len(env.action_names))).all()
+            assert ((actions >= 0) & (actions < len(env.info.action_names))).all()
             obs, _, terminals, truncations = env.step(actions)
             starts = terminals | truncations
 

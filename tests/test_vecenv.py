@@ -40,13 +40,13 @@ STAT_KEYS = {"moves": "action.move.success", "absent": "no.such.stat"}
 
 def completion_pct(v: VecEnv, obs: np.ndarray) -> np.ndarray:
     """Value of each row's episode_completion_pct global token ([N], -1 if absent)."""
-    fid = next(i for i, name, _ in v.features if name == "episode_completion_pct")
+    fid = next(f.id for f in v.info.features if f.name == "episode_completion_pct")
     hit = (obs[:, :, 0] == 0xFE) & (obs[:, :, 1] == fid)
     return np.where(hit.any(1), (obs[:, :, 2].astype(np.int64) * hit).sum(1), -1)
 
 
 def random_actions(v: VecEnv, steps: int, seed: int = 123) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, len(v.action_names), (steps, v.num_agents))
+    return np.random.default_rng(seed).integers(0, len(v.info.action_names), (steps, v.num_agents))
 
 
 def rollout(v: VecEnv, actions: np.ndarray) -> tuple[list[tuple[np.ndarray, ...]], list[dict[str, float]]]:
@@ -75,9 +75,9 @@ def test_shapes_and_dtypes():
     with VecEnv(small_game(), num_envs=3, seed=0, stat_keys=STAT_KEYS) as v:
         assert (v.num_envs, v.agents_per_env, v.num_agents) == (3, A, 3 * A)
         assert v.obs_shape == (200, 3)
-        assert v.action_names[0] == "noop" and "move_north" in v.action_names
-        assert not any(n.startswith("change_vibe") for n in v.action_names)
-        assert all(isinstance(i, int) and isinstance(n, str) and isinstance(z, float) for i, n, z in v.features)
+        assert v.info.action_names[0] == "noop" and "move_north" in v.info.action_names
+        assert not any(n.startswith("change_vibe") for n in v.info.action_names)
+        assert v.info.agents_per_env == A and v.info.num_tokens == 200
         obs = v.reset()
         assert obs.shape == (3 * A, 200, 3) and obs.dtype == np.uint8
         # The reset wrote real first observations: global tokens first, completion 0, then padding.
@@ -232,7 +232,7 @@ def test_spawn_workers_match_serial():
 
 def test_close_leaves_no_children():
     v = VecEnv(small_game(), 4, seed=0, num_workers=2)
-    pids = [p.pid for p in v._procs]
+    pids = v._pool.pids
     assert len(pids) == 2
     v.reset()
     v.step(np.zeros(v.num_agents, dtype=np.int64))
@@ -249,7 +249,7 @@ def test_close_leaves_no_children():
 def test_dead_worker_is_reported():
     v = VecEnv(small_game(), 4, seed=0, num_workers=2)
     v.reset()
-    os.kill(v._procs[1].pid, signal.SIGKILL)
+    os.kill(v._pool.pids[1], signal.SIGKILL)
     with pytest.raises(RuntimeError, match="died"):
         for _ in range(3):
             v.step(np.zeros(v.num_agents, dtype=np.int64))
@@ -269,7 +269,7 @@ def test_workers_die_with_parent():
         cfg.game.actions.change_vibe.enabled = False
         v = VecEnv(cfg, 2, num_workers=2)
         v.reset()
-        print(" ".join(str(p.pid) for p in v._procs), flush=True)
+        print(" ".join(str(pid) for pid in v._pool.pids), flush=True)
         os._exit(0)  # no cleanup at all
         """
     )

@@ -37,6 +37,10 @@ class RecurrentCore(nn.Module):
                     # nn.LSTM's gate order is input, forget, cell, output.
                     nn.init.ones_(param[hidden_size:2 * hidden_size])
 
+    # Never traced by torch.compile: the core branches on the data (restarts inside the segments or not) and
+    # runs a C++ extension or a piece layout whose shape is read back to the host, so a compiled policy is
+    # two graphs, the encoder before the core and the heads after it (trainer/compiled.py).
+    @torch.compiler.disable(recursive=True)
     def forward(self, x: torch.Tensor, state: LSTMState, starts: torch.Tensor) -> tuple[torch.Tensor, LSTMState]:
         """``x [B, TT, input]`` batch-major segments, ``state`` entering step 0, ``starts [B, TT]`` bool; returns
         ``[B, TT, hidden]`` and the state after step TT - 1."""

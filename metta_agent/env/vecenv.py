@@ -1,35 +1,23 @@
-"""Many mettagrid environments stepped as one batch of agents.
+"""Many mettagrid environments stepped as one batch of agents, in this process or in worker processes.
+
+The layers, each in its own file:
+
+- ``env_group.py``: ``EnvGroup`` steps a contiguous range of envs in one process, straight into batch
+  arrays (auto-reset, seeds, staggered first episodes);
+- ``workers.py``: ``WorkerPool`` runs K such groups in K processes over one shared-memory batch;
+- this file: ``VecEnv``, the batch API callers use (reset, step, asynchronous steps of row groups).
 
 Row layout
 ----------
 Every per-agent array has ``N = num_envs * agents_per_env`` rows; agent ``a`` of env ``e`` is row
-``e * agents_per_env + a``. The C++ engine of env ``e`` is bound (mettagrid ``Buffers``) to the row slice
-``[e * A, (e + 1) * A)`` of the batch arrays: it writes observations, rewards and flags straight into them
-and reads its actions from the batch action array. Nothing is copied per step.
-
-Auto-reset
-----------
-When an env's episode ends on a step, that step's rewards, terminals and truncations are returned as the
-engine wrote them, but the env is replaced at once by a new simulation, so the returned observation rows are
-already the *first* observation of the next episode. A set flag therefore means "this observation starts a
-new episode" (docs/design.md, "Policy contract"). An episode ends when all of the env's agents are truncated or all are
-terminal (mettagrid's own rule), or when the first episode's staggered cut-off is reached.
-
-Seeds
------
-Episode ``k`` of env ``e`` uses the seed ``episode_seed(seed, e, k)`` (``seeding.py``) for both the map
-builder (its ``seed`` field, when it has one: mettagrid's ``Simulation`` does not pass its own seed to the
-map builder) and the C++ engine, in a new simulation per episode. Maps therefore differ per env and per
-episode, and a run is reproducible. The staggered cut-off of env ``e``'s first episode is drawn from
-``(seed, e)`` too.
+``e * agents_per_env + a``. Rows are agents: ``num_agents`` is ``N``. Where an env's episode ended on a
+step, the returned flags are that step's and the observation rows already start the next episode
+(``env_group.py``, "Auto-reset").
 
 Workers
 -------
 ``num_workers=0`` steps every env in this process. ``num_workers=K`` splits the envs into K contiguous
-groups, each stepped by its own process; the batch arrays then live in a shared memory mapping, so workers
-write observations directly into the arrays the caller reads. The C++ step holds the GIL, so threads would
-not help. Commands and finished-episode statistics travel over one pipe per worker. Workers die with their
-parent (``PR_SET_PDEATHSIG`` on Linux, and end-of-file on their pipe) and are joined by :meth:`VecEnv.close`.
+groups, each stepped by its own process (``workers.py``).
 
 Asynchronous steps
 ------------------
@@ -41,332 +29,26 @@ compute actions for one group while the other group's workers step (double buffe
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import multiprocessing as mp
-import os
-import pickle
-import signal
-import sys
-import tempfile
-import traceback
-import uuid
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-import mettagrid.config.mettagrid_c_config as mettagrid_c_config
 from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.mettagrid_c import MettaGrid as MettaGridCpp
 from mettagrid.mettagrid_c import (
     dtype_actions,
-    dtype_masks,
     dtype_observations,
     dtype_rewards,
     dtype_terminals,
     dtype_truncations,
 )
-from mettagrid.policy.policy_env_interface import PolicyEnvInterface
-from mettagrid.simulator.simulator import Buffers, Simulation
 
-from metta_agent.seeding import episode_seed, first_episode_cutoff
+from metta_agent.env.env_group import EnvGroup
+from metta_agent.env.info import EnvInfo
+from metta_agent.env.workers import WorkerPool
 
 __all__ = ["VecEnv"]
 
-_EMPTY: list[dict[str, float]] = []
-
-
-class _EnvGroup:
-    """A contiguous range of envs stepped in this process over caller-owned batch array slices.
-
-    ``obs``, ``rewards``, ``terminals``, ``truncations`` and ``actions`` hold exactly this group's rows.
-    """
-
-    def __init__(
-        self,
-        game: MettaGridConfig,
-        env_indices: Sequence[int],
-        seed: int,
-        stagger: bool,
-        stat_keys: dict[str, str],
-        obs: np.ndarray,
-        rewards: np.ndarray,
-        terminals: np.ndarray,
-        truncations: np.ndarray,
-        actions: np.ndarray,
-    ):
-        # Private copy: the map builder's seed is set per episode (read only while a Simulation is built).
-        self._game = game.model_copy(deep=True)
-        self._seedable_map = hasattr(self._game.game.map_builder, "seed")
-        self._env_indices = [int(e) for e in env_indices]  # global indices: they pick seeds and cut-offs
-        self._seed = int(seed)
-        self._stagger = bool(stagger)
-        self._stat_items = list(stat_keys.items())
-        self._max_steps = int(self._game.game.max_steps)
-        # Fast path: drive the C++ engine directly. mettagrid's Simulation adds ~35 us of Python per step
-        # (timers, talk channel, event handlers) and re-converts the config to C++ for every episode; we
-        # convert once and build engines ourselves. Games that use features implemented in those Python
-        # handlers (talk, end_episode_on_game_stats) go through Simulation.
-        g = self._game.game
-        self._fast = not g.talk.enabled and not g.end_episode_on_game_stats
-        if self._fast:
-            self._c_cfg, self._agent_renames = mettagrid_c_config.convert_to_cpp_game_config(g)
-
-        E = len(self._env_indices)
-        A = int(g.num_agents)
-        self.num_envs, self.agents_per_env = E, A
-        self._obs, self._rewards = obs, rewards
-        self._terminals, self._truncations = terminals, truncations
-        self._terminals2d = terminals.reshape(E, A)
-        self._truncations2d = truncations.reshape(E, A)
-        self._buffers = [
-            Buffers(
-                observations=obs[i * A : (i + 1) * A],
-                terminals=terminals[i * A : (i + 1) * A],
-                truncations=truncations[i * A : (i + 1) * A],
-                rewards=rewards[i * A : (i + 1) * A],
-                masks=np.ones(A, dtype=dtype_masks),
-                actions=actions[i * A : (i + 1) * A],
-                teacher_actions=np.zeros(A, dtype=dtype_actions),  # also the (unused) vibe-action buffer
-            )
-            for i in range(E)
-        ]
-        self._sims: list[Simulation | None] = [None] * E  # slow path only
-        self._engines: list[MettaGridCpp | None] = [None] * E
-        self._steppers: list[Any] = [None] * E
-        self._episode = np.zeros(E, dtype=np.int64)  # index of the episode each env is playing
-        self._ep_return = np.zeros(E * A, dtype=np.float64)
-        self._ep_len = np.zeros(E, dtype=np.int64)
-        self._cutoff = np.zeros(E, dtype=np.int64)
-        self._cutoffs_left = 0
-        # Envs restarted on the last step, whose rows still show the final step's flags (see step()).
-        self._restarted = np.zeros(E, dtype=bool)
-        self._any_restarted = False
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def reset(self) -> None:
-        """(Re)start every env at its first episode; writes the first observations."""
-        self.close()
-        self._episode[:] = 0
-        self._ep_return[:] = 0.0
-        self._ep_len[:] = 0
-        self._rewards[:] = 0.0
-        self._terminals[:] = False
-        self._truncations[:] = False
-        self._restarted[:] = False
-        self._any_restarted = False
-        for i, e in enumerate(self._env_indices):
-            self._cutoff[i] = first_episode_cutoff(self._seed, e, self._max_steps) if self._stagger else 0
-            self._start(i)
-        self._cutoffs_left = int(np.count_nonzero(self._cutoff))
-
-    def close(self) -> None:
-        for i in range(self.num_envs):
-            self._close_env(i)
-
-    def _close_env(self, i: int) -> None:
-        sim = self._sims[i]
-        if sim is not None:
-            sim.close()
-        self._sims[i] = None
-        self._engines[i] = None
-        self._steppers[i] = None
-
-    def _start(self, i: int) -> None:
-        k = int(self._episode[i])
-        s = episode_seed(self._seed, self._env_indices[i], k)
-        if self._seedable_map:
-            self._game.game.map_builder.seed = s
-        b = self._buffers[i]
-        if self._fast:
-            # What Simulation.__init__ does, minus re-converting the config to C++ (1-6 ms per episode).
-            grid = self._game.game.map_builder.create().build_for_num_agents(self.agents_per_env).grid.tolist()
-            if self._agent_renames:
-                grid = mettagrid_c_config.rename_map_agents(grid, self._agent_renames)
-            engine = MettaGridCpp(self._c_cfg, grid, s)
-            # set_buffers zeroes the rewards and flags and writes the first observation.
-            engine.set_buffers(b.observations, b.terminals, b.truncations, b.rewards, b.actions, b.vibe_actions)
-            self._engines[i] = engine
-            self._steppers[i] = engine.step
-        else:
-            sim = Simulation(self._game, seed=s, buffers=b)  # the same, through mettagrid's Python layer
-            self._sims[i] = sim
-            self._engines[i] = sim._c_sim
-            self._steppers[i] = sim.step
-        self._episode[i] = k + 1
-
-    # -- stepping ----------------------------------------------------------------------------------
-
-    def step(self) -> list[dict[str, float]]:
-        """Step every env once (actions already in the action array); returns finished agent-episodes."""
-        if self._any_restarted:
-            # The engine only ever sets flags (it never clears them), and it treats them as state: clear
-            # the final-step flags that were kept visible for the caller before the new episode steps.
-            self._terminals2d[self._restarted] = False
-            self._truncations2d[self._restarted] = False
-            self._restarted[:] = False
-            self._any_restarted = False
-        for stepper in self._steppers:
-            stepper()
-        self._ep_return += self._rewards
-        self._ep_len += 1
-        if self._cutoffs_left:
-            hit = self._ep_len == self._cutoff
-            if hit.any():
-                self._truncations2d[hit] = True
-        done = self._truncations2d.all(axis=1)
-        done |= self._terminals2d.all(axis=1)
-        if not done.any():
-            return _EMPTY
-        stats: list[dict[str, float]] = []
-        for i in np.flatnonzero(done).tolist():
-            self._finish_episode(i, stats)
-        self._restarted |= done
-        self._any_restarted = True
-        return stats
-
-    def _finish_episode(self, i: int, stats: list[dict[str, float]]) -> None:
-        A = self.agents_per_env
-        rows = slice(i * A, (i + 1) * A)
-        c_sim = self._engines[i]
-        assert c_sim is not None
-        length = int(self._ep_len[i])
-        returns = self._ep_return[rows].tolist()
-        for a in range(A):
-            d: dict[str, float] = {"episode_return": returns[a], "episode_length": length}
-            for metric, stat in self._stat_items:
-                v = c_sim.get_agent_stat(a, stat)
-                d[metric] = 0.0 if v is None else float(v)
-            stats.append(d)
-        # A new Simulation zeroes rewards and flags in its buffers: keep the final step's values visible
-        # until the next step (which clears the flags again before stepping the new episode).
-        rewards = self._rewards[rows].copy()
-        terminals = self._terminals[rows].copy()
-        truncations = self._truncations[rows].copy()
-        self._close_env(i)
-        self._start(i)
-        self._rewards[rows] = rewards
-        self._terminals[rows] = terminals
-        self._truncations[rows] = truncations
-        self._ep_return[rows] = 0.0
-        self._ep_len[i] = 0
-        if self._cutoff[i]:
-            self._cutoff[i] = 0
-            self._cutoffs_left -= 1
-
-
-# -- shared memory layout ----------------------------------------------------------------------------
-
-_ALIGN = 64
-
-
-def _layout(n: int, obs_shape: tuple[int, int]) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]], int]:
-    specs = [
-        ("obs", (n, *obs_shape), np.dtype(dtype_observations)),
-        ("rewards", (n,), np.dtype(dtype_rewards)),
-        ("terminals", (n,), np.dtype(dtype_terminals)),
-        ("truncations", (n,), np.dtype(dtype_truncations)),
-        ("actions", (n,), np.dtype(dtype_actions)),
-    ]
-    layout, offset = {}, 0
-    for name, shape, dtype in specs:
-        layout[name] = (offset, shape, dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        offset += (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
-    return layout, max(offset, _ALIGN)
-
-
-def _views(buf: mmap.mmap, layout: dict[str, tuple[int, tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
-    return {
-        name: np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
-        for name, (offset, shape, dtype) in layout.items()
-    }
-
-
-def _shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _worker_main(
-    conn: Any,
-    inherited: list[Any],
-    parent_pid: int,
-    shm_path: str,
-    shm_size: int,
-    layout: dict[str, tuple[int, tuple[int, ...], np.dtype]],
-    game: MettaGridConfig,
-    env_lo: int,
-    env_hi: int,
-    first_env_index: int,
-    seed: int,
-    stagger: bool,
-    stat_keys: dict[str, str],
-) -> None:
-    for c in inherited:  # parent-side pipe ends copied by fork: close them so EOF reaches us
-        c.close()
-    _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    try:
-        fd = os.open(shm_path, os.O_RDWR)
-        try:
-            buf = mmap.mmap(fd, shm_size)
-        finally:
-            os.close(fd)
-        arr = _views(buf, layout)
-        A = int(game.game.num_agents)
-        rows = slice((env_lo - first_env_index) * A, (env_hi - first_env_index) * A)
-        group = _EnvGroup(
-            game,
-            range(env_lo, env_hi),
-            seed,
-            stagger,
-            stat_keys,
-            arr["obs"][rows],
-            arr["rewards"][rows],
-            arr["terminals"][rows],
-            arr["truncations"][rows],
-            arr["actions"][rows],
-        )
-        conn.send_bytes(b"ok")
-    except BaseException:
-        conn.send_bytes(b"E" + pickle.dumps(traceback.format_exc()))
-        return
-    while True:
-        try:
-            cmd = conn.recv_bytes()
-        except (EOFError, OSError):
-            break
-        if cmd == b"C":
-            break
-        try:
-            if cmd == b"S":
-                stats = group.step()
-            elif cmd == b"R":
-                group.reset()
-                stats = _EMPTY
-            else:
-                raise ValueError(f"unknown command {cmd!r}")
-            reply = pickle.dumps(stats, protocol=pickle.HIGHEST_PROTOCOL) if stats else b""
-        except Exception:
-            reply = b"E" + pickle.dumps(traceback.format_exc())
-        try:
-            conn.send_bytes(reply)
-        except (BrokenPipeError, OSError):
-            break
-    group.close()
-    conn.close()
+TOKEN_SIZE = 3  # an observation token is (location, feature id, value)
 
 
 class VecEnv:
@@ -410,28 +92,19 @@ class VecEnv:
         if first_env_index < 0:
             raise ValueError(f"first_env_index must be >= 0, got {first_env_index}")
         self._closed = True  # until fully built, so __del__/close() of a half-built object are safe
-        self._procs: list[Any] = []
-        self._conns: list[Any] = []
-        self._group: _EnvGroup | None = None
-        self._buf: mmap.mmap | None = None
+        self._group: EnvGroup | None = None
+        self._pool: WorkerPool | None = None
 
-        interface = PolicyEnvInterface.from_mg_cfg(game)
-        self.env_interface = interface
         self.game = game
+        self.info = EnvInfo.from_game(game)  # the game as policies see it: features, actions, geometry
         self.num_envs = int(num_envs)
-        self.agents_per_env = int(game.game.num_agents)
+        self.agents_per_env = self.info.agents_per_env
         self.num_agents = self.num_envs * self.agents_per_env
-        self.obs_shape: tuple[int, int] = (int(interface.observation_shape[0]), int(interface.observation_shape[1]))
-        self.obs_height, self.obs_width = int(interface.obs_height), int(interface.obs_width)
-        self.action_names: list[str] = list(interface.action_names)
-        self.features: list[tuple[int, str, float]] = [
-            (int(f.id), str(f.name), float(f.normalization)) for f in interface.obs_features
-        ]
+        self.obs_shape: tuple[int, int] = (self.info.num_tokens, TOKEN_SIZE)
         self.max_steps = int(game.game.max_steps)
         self.seed = int(seed)
         self.stat_keys: dict[str, str] = dict(stat_keys or {})
         self.num_workers = min(int(num_workers), self.num_envs)
-        self._stagger = bool(stagger_first_episodes)
         self.first_env_index = int(first_env_index)
         self._pending_stats: list[dict[str, float]] = []
         self._started = False
@@ -440,130 +113,30 @@ class VecEnv:
         self._in_flight: set[int] = set()
         self._serial_in_flight = False
 
-        n = self.num_agents
+        stagger = bool(stagger_first_episodes)
         if self.num_workers == 0:
+            n = self.num_agents
             self._obs = np.zeros((n, *self.obs_shape), dtype=dtype_observations)
             self._rewards = np.zeros(n, dtype=dtype_rewards)
             self._terminals = np.zeros(n, dtype=dtype_terminals)
             self._truncations = np.zeros(n, dtype=dtype_truncations)
             self._actions = np.zeros(n, dtype=dtype_actions)
-            self._group = _EnvGroup(
-                game,
-                range(self.first_env_index, self.first_env_index + self.num_envs),
-                self.seed,
-                self._stagger,
-                self.stat_keys,
-                self._obs,
-                self._rewards,
-                self._terminals,
-                self._truncations,
-                self._actions,
-            )
-            self._closed = False
+            envs = range(self.first_env_index, self.first_env_index + self.num_envs)
+            self._group = EnvGroup(game, envs, self.seed, stagger, self.stat_keys, self._obs, self._rewards,
+                                   self._terminals, self._truncations, self._actions)
         else:
-            self._start_workers(game, start_method)
-
-    # -- workers -----------------------------------------------------------------------------------
-
-    def _start_workers(self, game: MettaGridConfig, start_method: str | None) -> None:
-        if start_method is None:
-            start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        ctx = mp.get_context(start_method)
-        layout, size = _layout(self.num_agents, self.obs_shape)
-        path = os.path.join(_shm_dir(), f"metta_vecenv_{os.getpid()}_{uuid.uuid4().hex}")
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self._buf = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self._closed = False  # from here on close() must clean up
-        try:
-            arr = _views(self._buf, layout)
-            self._obs, self._rewards = arr["obs"], arr["rewards"]
-            self._terminals, self._truncations, self._actions = arr["terminals"], arr["truncations"], arr["actions"]
-            bounds = np.linspace(0, self.num_envs, self.num_workers + 1).round().astype(int).tolist()
-            self._worker_bounds = bounds
-            fork = start_method == "fork"
-            for w in range(self.num_workers):
-                parent_conn, child_conn = ctx.Pipe(duplex=True)
-                self._conns.append(parent_conn)
-                proc = ctx.Process(
-                    target=_worker_main,
-                    args=(
-                        child_conn,
-                        list(self._conns) if fork else [],
-                        os.getpid(),
-                        path,
-                        size,
-                        layout,
-                        game,
-                        self.first_env_index + bounds[w],
-                        self.first_env_index + bounds[w + 1],
-                        self.first_env_index,
-                        self.seed,
-                        self._stagger,
-                        self.stat_keys,
-                    ),
-                    name=f"metta-vecenv-{w}",
-                    daemon=True,
-                )
-                proc.start()
-                child_conn.close()
-                self._procs.append(proc)
-            errors = []
-            for w, conn in enumerate(self._conns):
-                if not conn.poll(120):
-                    errors.append(f"worker {w} did not start within 120 s")
-                    continue
-                msg = self._recv(w)
-                if msg != b"ok":
-                    errors.append(f"worker {w}: {pickle.loads(msg[1:]) if msg[:1] == b'E' else msg!r}")
-            if errors:
-                raise RuntimeError("VecEnv workers failed to start:\n" + "\n".join(errors))
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            try:
-                os.unlink(path)  # every worker has mapped it (or failed); the mapping outlives the name
-            except FileNotFoundError:
-                pass
-
-    def _recv(self, w: int) -> bytes:
-        try:
-            return self._conns[w].recv_bytes()
-        except (EOFError, OSError) as exc:
-            code = self._procs[w].exitcode if w < len(self._procs) else None
-            self.close()
-            raise RuntimeError(f"VecEnv worker {w} died (exit code {code})") from exc
-
-    def _broadcast(self, cmd: bytes) -> None:
-        workers = range(len(self._conns))
-        self._send(cmd, workers)
-        self._collect(workers)
-
-    def _send(self, cmd: bytes, workers: Sequence[int]) -> None:
-        for w in workers:
-            try:
-                self._conns[w].send_bytes(cmd)
-            except (BrokenPipeError, OSError) as exc:
-                self.close()
-                raise RuntimeError(f"VecEnv worker {w} died") from exc
+            pool = WorkerPool(game, self.num_envs, self.num_workers, self.obs_shape, self.first_env_index,
+                              self.seed, stagger, self.stat_keys, start_method)
+            self._pool = pool
+            self._obs, self._rewards, self._actions = pool.obs, pool.rewards, pool.actions
+            self._terminals, self._truncations = pool.terminals, pool.truncations
+            self._worker_bounds = pool.bounds
+        self._closed = False
 
     def _collect(self, workers: Sequence[int]) -> None:
-        """Wait for each worker's reply; keep its finished-episode stats, raise its error."""
-        errors = []
-        for w in workers:
-            msg = self._recv(w)
-            if not msg:
-                continue
-            if msg[:1] == b"E":
-                errors.append(f"worker {w}:\n{pickle.loads(msg[1:])}")
-            else:
-                self._pending_stats.extend(pickle.loads(msg))
-        if errors:
-            raise RuntimeError("VecEnv worker error:\n" + "\n".join(errors))
+        """Wait for ``workers`` to answer; keep their finished-episode stats."""
+        assert self._pool is not None
+        self._pending_stats.extend(self._pool.collect(workers))
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -580,7 +153,10 @@ class VecEnv:
         if self._group is not None:
             self._group.reset()
         else:
-            self._broadcast(b"R")
+            assert self._pool is not None
+            workers = range(self._pool.num_workers)
+            self._pool.send(b"R", workers)
+            self._collect(workers)
         self._started = True
         return self._obs
 
@@ -631,7 +207,8 @@ class VecEnv:
             busy = self._in_flight.intersection(workers)
             if busy:
                 raise RuntimeError(f"workers {sorted(busy)} are still stepping: call step_wait() first")
-            self._send(b"S", workers)
+            assert self._pool is not None
+            self._pool.send(b"S", workers)
             self._in_flight.update(workers)
 
     def step_wait(self, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -682,9 +259,7 @@ class VecEnv:
             raise RuntimeError("engine() needs in-process envs (num_workers=0)")
         if not self._started:
             raise RuntimeError("call reset() before engine()")
-        engine = self._group._engines[env_index]
-        assert engine is not None
-        return engine
+        return self._group.engine(env_index)
 
     def close(self) -> None:
         """Stop workers (or close in-process simulations). Safe to call more than once."""
@@ -694,28 +269,16 @@ class VecEnv:
         if self._group is not None:
             self._group.close()
             self._group = None
-        for conn in self._conns:
-            try:
-                conn.send_bytes(b"C")
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=2)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-        self._procs, self._conns = [], []
-        # The mapping is released when the last array view of it goes away (callers may still hold them).
-        self._buf = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _check_open(self) -> None:
+        if self._pool is not None and self._pool.closed:  # a worker died
+            self.close()
         if self._closed:
             raise RuntimeError("VecEnv is closed")
+
 
     def __enter__(self) -> "VecEnv":
         return self
