@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import time
 
 import numpy as np
@@ -258,7 +259,7 @@ def test_dead_worker_is_reported():
 
 
 def test_workers_die_with_parent():
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = str(Path(__file__).resolve().parents[2])  # the checkout
     script = textwrap.dedent(
         f"""
         import os, sys
