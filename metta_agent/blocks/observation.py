@@ -25,7 +25,8 @@ class TokenToBox(nn.Module):
     """Scatter tokens ``[N, M, 3]`` into a float grid ``[N, F, H, W]`` at ``[feature, row, col]``.
 
     Padding, out-of-window locations and features ``>= F`` go to a spill slot past the end of the grid
-    that is cut off afterwards, so no real cell is corrupted. The input is never modified.
+    that is cut off afterwards, so no real cell is corrupted. A (feature, cell) pair given twice is summed
+    (mettagrid gives each at most once), as in ``token_conv``. The input is never modified.
     """
 
     def __init__(self, num_features: int, height: int, width: int):
@@ -43,7 +44,7 @@ class TokenToBox(nn.Module):
         index = (feature * self.height + row) * self.width + col
         index = torch.where(valid, index, cells)
         grid = torch.zeros(n, cells + 1, dtype=value.dtype, device=tokens.device)
-        grid.scatter_(1, index, value)
+        grid.scatter_add_(1, index, value)
         return grid[:, :cells].view(n, self.num_features, self.height, self.width)
 
 

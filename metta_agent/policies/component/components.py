@@ -18,6 +18,7 @@ from metta_agent.blocks.heads import Actor, Critic
 from metta_agent.blocks.init import conv2d, linear
 from metta_agent.blocks.observation import ObsNormalizer, TokenPadStrip, TokenToBox, ValueNormalizer
 from metta_agent.blocks.recurrent import LSTMState, RecurrentCore
+from metta_agent.blocks.token_conv import token_conv
 from metta_agent.env.info import EnvInfo
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -41,11 +42,13 @@ class Component(nn.Module):
     """A graph node: calls its block on its sources' outputs. ``clipped`` names the layers weight
     clipping covers (with the component's ``clip_scale``)."""
 
-    def __init__(self, block: nn.Module, call: Callable, clipped: dict[str, nn.Module] | None = None):
+    def __init__(self, block: nn.Module, call: Callable, clipped: dict[str, nn.Module] | None = None,
+                 activation: str | None = None):
         super().__init__()
         self.block = block
         self._call = call
         self.clipped = clipped or {}
+        self.activation = activation  # of a layer component, for calls that run the layer another way
 
     def forward(self, inputs: list, context: SegmentContext):
         return self._call(self.block, inputs, context)
@@ -69,7 +72,12 @@ def conv2d_layer(inputs, env: EnvInfo, out_channels: int, kernel_size: int, stri
                  activation: str = "relu", gain: float = 1.0) -> Component:
     act = _activation(activation)
     layer = conv2d(inputs[0].shape[1], out_channels, kernel_size, stride, gain)
-    return Component(layer, lambda b, x, context: act(b(x[0])), {"": layer})
+    return Component(layer, lambda b, x, context: act(b(x[0])), {"": layer}, activation)
+
+
+def run_token_conv(box: Component, normalizer: Component, conv: Component, tokens: torch.Tensor) -> torch.Tensor:
+    """The chain token_to_box -> obs_normalizer -> conv2d as one token convolution (``blocks/token_conv.py``)."""
+    return ACTIVATIONS[conv.activation](token_conv(tokens, box.block, normalizer.block, conv.block))
 
 
 def flatten(inputs, env: EnvInfo) -> Component:

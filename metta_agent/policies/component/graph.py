@@ -36,6 +36,7 @@ from metta_agent.policies.component.components import (
     COMPONENT_TYPES,
     SegmentContext,
     required_parameters,
+    run_token_conv,
     type_parameters,
 )
 
@@ -164,6 +165,7 @@ class ComponentPolicy(nn.Module):
         if not isinstance(self.components[self.logits_name].block, Actor):
             raise GraphError(f"{where}: output 'logits' must be an actor component (its action embeddings follow "
                              f"action names), got '{self.logits_name}'")
+        self._steps = _execution_steps(ordered, set(outputs.values()))
 
     @property
     def core(self) -> RecurrentCore:
@@ -185,9 +187,42 @@ class ComponentPolicy(nn.Module):
         """As ``RecurrentPolicy.forward``: rows ``[B*TT]``, the state entering each segment, ``starts [B, TT]``."""
         context = SegmentContext(state, starts)
         values: dict[str, Any] = {keys.ENV_OBS: tokens}
-        for name, component in self.components.items():
-            values[name] = component([_lookup(values, source) for source in self.sources[name]], context)
+        for name, sources, fused in self._steps:
+            inputs = [_lookup(values, source) for source in sources]
+            if fused is None:
+                values[name] = self.components[name](inputs, context)
+            else:  # a token convolution: fused = (token_to_box, obs_normalizer) it stands for
+                box, normalizer = (self.components[part] for part in fused)
+                values[name] = run_token_conv(box, normalizer, self.components[name], inputs[0])
         return _main(values[self.logits_name]), _main(values[self.value_name]), context.final_state
+
+
+def _execution_steps(ordered: list[dict[str, Any]], outputs: set[str]) -> list[tuple[str, list[str], Any]]:
+    """``(name, sources, fused)`` per component to run, in order. A chain token_to_box -> obs_normalizer ->
+    conv2d whose first two outputs nothing else reads runs as one token convolution (docs/design.md, "Token
+    convolution"): the conv2d step reads the tokens and ``fused`` names the two components it stands for;
+    they are not run (their modules stay, with their state)."""
+    by_name = {entry["name"]: entry for entry in ordered}
+    readers: dict[str, int] = {}
+    for entry in ordered:
+        for source in entry["sources"]:
+            readers[source.split(".")[0]] = readers.get(source.split(".")[0], 0) + 1
+
+    def only_feeds(name: str, kind: str) -> bool:
+        entry = by_name.get(name)
+        return entry is not None and entry["type"] == kind and readers.get(name) == 1 and name not in outputs
+
+    steps, skipped = [], set()
+    for entry in ordered:
+        name, sources, fused = entry["name"], list(entry["sources"]), None
+        if entry["type"] == "conv2d" and only_feeds(sources[0], "obs_normalizer"):
+            box = by_name[sources[0]]["sources"][0]
+            if only_feeds(box, "token_to_box"):
+                fused = (box, sources[0])
+                sources = list(by_name[box]["sources"])
+                skipped.update(fused)
+        steps.append((name, sources, fused))
+    return [step for step in steps if step[0] not in skipped]
 
 
 def _check_entry(entry: Any, index: int, where: str) -> dict[str, Any]:

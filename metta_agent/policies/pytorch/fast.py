@@ -6,6 +6,7 @@ from torch import nn
 
 from metta_agent.blocks.init import conv2d, linear
 from metta_agent.blocks.observation import ObsNormalizer, TokenToBox
+from metta_agent.blocks.token_conv import token_conv
 from metta_agent.env.info import EnvInfo
 from metta_agent.policies.pytorch.recurrent_policy import RecurrentPolicy
 
@@ -34,8 +35,8 @@ class Fast(RecurrentPolicy):
         return {"cnn1": self.cnn1, "cnn2": self.cnn2, "fc1": self.fc1, "encoded_obs": self.encoded_obs}
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        box = self.obs_normalizer(self.token_to_box(tokens))
-        x = torch.relu(self.cnn1(box))
+        # cnn1(obs_normalizer(token_to_box(tokens))), computed from the tokens (blocks/token_conv.py)
+        x = torch.relu(token_conv(tokens, self.token_to_box, self.obs_normalizer, self.cnn1))
         x = torch.relu(self.cnn2(x)).flatten(1)
         x = torch.relu(self.fc1(x))
         return torch.relu(self.encoded_obs(x))
