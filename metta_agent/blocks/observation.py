@@ -33,16 +33,25 @@ class TokenToBox(nn.Module):
         super().__init__()
         self.num_features, self.height, self.width = num_features, height, width
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        n = tokens.shape[0]
+    @property
+    def cells(self) -> int:
+        """``F * H * W``: the box's size, and the spill index of dropped tokens."""
+        return self.num_features * self.height * self.width
+
+    def positions(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's flat box index ``(feature * H + row) * W + col`` (``cells`` for the tokens the box
+        drops) and its feature id, both ``[N, M]`` int64."""
         location = tokens[..., 0].long()
         feature = tokens[..., 1].long()
-        value = tokens[..., 2].float()
         row, col = token_cells(location, self.height, self.width)
         valid = (location != PAD_LOCATION) & (feature < self.num_features) & (row < self.height) & (col < self.width)
-        cells = self.num_features * self.height * self.width
         index = (feature * self.height + row) * self.width + col
-        index = torch.where(valid, index, cells)
+        return torch.where(valid, index, self.cells), feature
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, cells = tokens.shape[0], self.cells
+        index, _ = self.positions(tokens)
+        value = tokens[..., 2].float()
         grid = torch.zeros(n, cells + 1, dtype=value.dtype, device=tokens.device)
         grid.scatter_add_(1, index, value)
         return grid[:, :cells].view(n, self.num_features, self.height, self.width)
@@ -77,9 +86,14 @@ class TokenPadStrip(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         padding = tokens[..., 0] == PAD_LOCATION
-        valid_counts = (~padding).sum(dim=1)
-        keep = max(int(valid_counts.max()), 1) if tokens.shape[0] else 1
+        keep = valid_prefix(padding)
         return tokens[:, :keep], padding[:, :keep]
+
+
+def valid_prefix(padding: torch.Tensor) -> int:
+    """How many leading tokens hold every valid one (at least 1), given the ``[N, M]`` padding mask: tokens
+    come valid-first, so cutting there drops only padding."""
+    return max(int((~padding).sum(dim=1).max()), 1) if padding.shape[0] else 1
 
 
 class ValueNormalizer(nn.Module):

@@ -8,7 +8,7 @@ numbers come from the tokens alone: output ``(c, i, j)`` is ``bias[c]`` plus, fo
 weight[c, f, r - i * stride, s - j * stride]``. So the weight is laid out once per call as a table with one
 row per (feature, cell) holding that cell's contribution to every output position and channel, and each
 agent's output is the sum of its tokens' rows weighted by their normalised values: one ``embedding_bag``.
-On arena that is ~10x fewer multiply-adds than the dense convolution, its backward scatters into the weight
+On arena that is ~24x fewer multiply-adds than the dense convolution, its backward scatters into the weight
 instead of convolving, and no box is built or normalised.
 
 The function is the same as the dense path's (sums in another order: outputs agree to ~1e-7); a (feature,
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from metta_agent.blocks.observation import GLOBAL_LOCATION, PAD_LOCATION, ObsNormalizer, TokenToBox
+from metta_agent.blocks.observation import PAD_LOCATION, ObsNormalizer, TokenToBox, valid_prefix
 
 
 def token_conv(tokens: torch.Tensor, box: TokenToBox, normalizer: ObsNormalizer, conv: nn.Conv2d) -> torch.Tensor:
@@ -36,21 +36,12 @@ def token_conv(tokens: torch.Tensor, box: TokenToBox, normalizer: ObsNormalizer,
     kernel, stride = conv.kernel_size, conv.stride
     out_h, out_w = (height - kernel[0]) // stride[0] + 1, (width - kernel[1]) // stride[1] + 1
     channels = conv.out_channels
-    cells = features * height * width  # also the row index of the all-zero table row
-    # Tokens come valid-first: cut the batch at its longest valid prefix.
-    location = tokens[..., 0]
-    keep = max(int((location != PAD_LOCATION).sum(1).max()), 1) if tokens.shape[0] else 1
-    location = location[:, :keep].long()
-    feature = tokens[:, :keep, 1].long()
-    is_global = location == GLOBAL_LOCATION
-    row = torch.where(is_global, height // 2, location >> 4)
-    col = torch.where(is_global, width // 2, location & 0x0F)
-    valid = (location != PAD_LOCATION) & (feature < features) & (row < height) & (col < width)
-    rows = torch.where(valid, (feature * height + row) * width + col, cells)
+    tokens = tokens[:, :valid_prefix(tokens[..., 0] == PAD_LOCATION)]
+    rows, feature = box.positions(tokens)  # box.cells (dropped tokens) is the table's all-zero row
     scale = normalizer.scale
-    value = tokens[:, :keep, 2].to(scale.dtype) / scale[feature.clamp(max=features - 1)]
+    value = tokens[..., 2].to(scale.dtype) / scale[feature.clamp(max=features - 1)]
     out = functional.embedding_bag(rows, _table(conv, features, height, width), per_sample_weights=value,
-                                   mode="sum", padding_idx=cells)
+                                   mode="sum", padding_idx=box.cells)
     out = out.view(-1, out_h, out_w, channels).permute(0, 3, 1, 2)
     return out if conv.bias is None else out + conv.bias.view(1, channels, 1, 1)
 
@@ -64,18 +55,19 @@ def _table(conv: nn.Conv2d, features: int, height: int, width: int) -> torch.Ten
     """``[F*H*W + 1, OH*OW*C]``: row ``(f, r, s)`` holds the weights that cell's feature ``f`` meets at every
     output position (zeros where the kernel does not cover it); the last row is zeros (padding)."""
     weight = conv.weight
-    if not torch.is_grad_enabled():
+    cacheable = not torch.is_grad_enabled()
+    if cacheable:
         cached = getattr(conv, "_token_table", None)
         key = (weight._version, weight.data_ptr(), weight.device, weight.dtype)
         if cached is not None and cached[0] == key:
             return cached[1]
-    index = _index(features, height, width, conv.kernel_size, conv.stride, str(weight.device))
+    index = _table_index(features, height, width, conv.kernel_size, conv.stride, str(weight.device))
     # One row per (feature, kernel offset), C wide, then the zero row that uncovered positions point at.
     per_offset = torch.cat([weight.permute(1, 2, 3, 0).reshape(-1, conv.out_channels),
                             weight.new_zeros(1, conv.out_channels)])
     table = torch.cat([per_offset[index].view(features * height * width, -1),
                        weight.new_zeros(1, index.shape[1] * conv.out_channels)])
-    if not torch.is_grad_enabled():
+    if cacheable:
         conv._token_table = (key, table)
     return table
 
@@ -84,24 +76,19 @@ def _table(conv: nn.Conv2d, features: int, height: int, width: int) -> torch.Ten
 def _table_index(features: int, height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
                  device: str) -> torch.Tensor:
     """``[F*H*W, OH*OW]``: for cell ``(f, r, s)`` and output position ``(i, j)``, the row of the per-offset
-    weight table (``(f * kh + r - i*sh) * kw + s - j*sw``), or the zero row's index where the kernel misses."""
+    weight table (``(f * kh + r - i*sh) * kw + s - j*sw``), or the zero row's index where the kernel misses.
+    Built outside inference mode, whatever the first caller runs under: training indexes with it too."""
     kh, kw = kernel
     sh, sw = stride
     out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-    r = torch.arange(height).view(height, 1, 1, 1)
-    s = torch.arange(width).view(1, width, 1, 1)
-    i = torch.arange(out_h).view(1, 1, out_h, 1)
-    j = torch.arange(out_w).view(1, 1, 1, out_w)
-    dr, ds = r - i * sh, s - j * sw
-    covered = (dr >= 0) & (dr < kh) & (ds >= 0) & (ds < kw)
-    offset = torch.where(covered, dr * kw + ds, -1).reshape(1, height * width, out_h * out_w)
-    f = torch.arange(features).view(features, 1, 1)
-    index = torch.where(offset >= 0, f * (kh * kw) + offset, features * kh * kw)
-    return index.reshape(features * height * width, out_h * out_w).to(device)
-
-
-def _index(features: int, height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
-           device: str) -> torch.Tensor:
-    # Built outside inference mode, whatever the first caller runs under: training indexes with it too.
     with torch.inference_mode(False):
-        return _table_index(features, height, width, kernel, stride, device)
+        r = torch.arange(height).view(height, 1, 1, 1)
+        s = torch.arange(width).view(1, width, 1, 1)
+        i = torch.arange(out_h).view(1, 1, out_h, 1)
+        j = torch.arange(out_w).view(1, 1, 1, out_w)
+        dr, ds = r - i * sh, s - j * sw
+        covered = (dr >= 0) & (dr < kh) & (ds >= 0) & (ds < kw)
+        offset = torch.where(covered, dr * kw + ds, -1).reshape(1, height * width, out_h * out_w)
+        f = torch.arange(features).view(features, 1, 1)
+        index = torch.where(offset >= 0, f * (kh * kw) + offset, features * kh * kw)
+        return index.reshape(features * height * width, out_h * out_w).to(device)

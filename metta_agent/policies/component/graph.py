@@ -18,6 +18,7 @@ errors are reported with the component's name.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,6 @@ class ComponentPolicy(nn.Module):
             raise GraphError(f"{where}: 'outputs' must name the 'logits' and 'value' components")
 
         self.components = nn.ModuleDict()
-        self.sources: dict[str, list[str]] = {}
         self.clip_scales: dict[str, float] = {}
         cores = [entry["name"] for entry in ordered if entry["type"] == "lstm"]
         if len(cores) != 1:
@@ -148,7 +148,6 @@ class ComponentPolicy(nn.Module):
                 raise GraphError(f"{where}: component '{name}' ({entry['type']}) cannot take its inputs "
                                  f"[{shapes}]: {first_line(error)}") from None
             self.components[name] = component
-            self.sources[name] = list(entry["sources"])
             self.clip_scales[name] = float(entry.get("clip_scale", 1.0))
             values[name] = output
         for role, target in outputs.items():
@@ -203,10 +202,7 @@ def _execution_steps(ordered: list[dict[str, Any]], outputs: set[str]) -> list[t
     convolution"): the conv2d step reads the tokens and ``fused`` names the two components it stands for;
     they are not run (their modules stay, with their state)."""
     by_name = {entry["name"]: entry for entry in ordered}
-    readers: dict[str, int] = {}
-    for entry in ordered:
-        for source in entry["sources"]:
-            readers[source.split(".")[0]] = readers.get(source.split(".")[0], 0) + 1
+    readers = Counter(source.partition(".")[0] for entry in ordered for source in entry["sources"])
 
     def only_feeds(name: str, kind: str) -> bool:
         entry = by_name.get(name)
