@@ -6,10 +6,12 @@ Python API::
     game = metta_agent.make_game("heart")                 # a MettaGridConfig
     agent = metta_agent.make_agent("pytorch/fast", game="heart", seed=0)
     agent = metta_agent.load_agent("runs/my-run")         # a run directory or a checkpoint file
+    summary = metta_agent.train({"trainer": {"total_agent_steps": 200_000}}, game=my_mettagrid_config)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -21,10 +23,11 @@ if TYPE_CHECKING:
 
 
 def make_game(name: str, max_steps: int | None = None) -> "MettaGridConfig":
-    """A shipped game (``arena`` or ``heart``) as a mettagrid config."""
-    from metta_agent.games import make_game as _make_game
+    """A game as a mettagrid config: a built-in name (``arena``, ``heart``...), ``FILE.py:FUNCTION``,
+    ``MODULE:FUNCTION`` or a ``.yaml``/``.json`` MettaGridConfig file (loading a Python file runs its code)."""
+    from metta_agent.game_source import load_game
 
-    return _make_game(name, max_steps=max_steps)
+    return load_game(name, max_steps=max_steps)
 
 
 def make_agent(name: str = "pytorch/fast", game: "str | MettaGridConfig" = "arena", seed: int = 0,
@@ -58,4 +61,39 @@ def load_agent(path: str, game: "str | MettaGridConfig | None" = None, as_agent:
     return _load_agent(path, game, as_agent)
 
 
-__all__ = ["make_game", "make_agent", "load_agent", "__version__"]
+def train(config: "dict[str, Any] | str | Path | None" = None, game: "str | MettaGridConfig | None" = None,
+          run_dir: "str | Path | None" = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train an agent and return the run's summary (``run_dir``, the final ``eval``, ``baselines``), as
+    ``metta-agent train --json`` prints it.
+
+    ``config`` is a mapping with sections ``agent``, ``game``, ``trainer`` (unset keys keep their defaults) or
+    the path of such a YAML file. ``game`` is a game source (as ``--game`` takes) or a ``MettaGridConfig``
+    object; the run records the game it played, so resume and eval need neither. ``run_dir`` defaults to
+    ``runs/<agent>-<game>-<time>`` and must be new or empty.
+    """
+    import time
+
+    from metta_agent.cli import _check_run_dir_free, config_label, run_summary
+    from metta_agent.config import build_config, load_yaml
+    from metta_agent.game_source import object_entry
+    from metta_agent.trainer.trainer import Trainer
+
+    layers = [load_yaml(config)] if isinstance(config, (str, Path)) else [dict(config or {})]
+    games = None
+    if isinstance(game, str):
+        layers.append({"game": {"name": game}})
+    settings = build_config(layers)
+    if game is not None and not isinstance(game, str):
+        games = [object_entry(game, settings.game.max_steps)]
+        settings.game.name = games[0].source
+    if run_dir is None:
+        label = games[0].label if games else config_label(settings.game)
+        run_dir = Path("runs") / f"{settings.agent.name.replace('/', '-')}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(run_dir)
+    _check_run_dir_free(run_dir)
+    trainer = Trainer(settings, run_dir, show_progress=show_progress, games=games)
+    state = trainer.train()
+    return run_summary(run_dir, settings, state, 1, trainer.games)
+
+
+__all__ = ["make_game", "make_agent", "load_agent", "train", "__version__"]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
         raise UsageError(f"{self.prog}: {message}")
 
+
+GAME_HELP = ("game: a built-in name (default arena; see 'metta-agent games'), FILE.py:FUNCTION or MODULE:FUNCTION "
+             "(a function returning a MettaGridConfig: loading a Python file runs its code), or a .yaml/.json "
+             "MettaGridConfig file")
+
+
+def config_label(game_settings) -> str:
+    """A run's game as named in its default run directory: the game's label, or 'mixture'."""
+    from metta_agent.game_source import source_label
+
+    return "mixture" if game_settings.mixture else source_label(game_settings.name)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -45,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # the launcher removes its own options from the ranks' command line by exact name
     )
     train.add_argument("--agent", help="architecture (default pytorch/fast; see 'metta-agent agents')")
-    train.add_argument("--game", help="game (default arena; see 'metta-agent games')")
+    train.add_argument("--game", help=GAME_HELP)
     train.add_argument("--steps", type=int, help="total agent steps over all agents (default 10,000,000)")
     train.add_argument("--run-dir", type=Path, help="output directory (default runs/<agent>-<game>-<time>)")
     train.add_argument("--seed", type=int, help="seed for weights, maps and sampling (default 0)")
@@ -79,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("path", type=Path, help="run directory (newest checkpoint) or checkpoint file")
-    evaluate.add_argument("--game", help="game to evaluate on (default: the one it was trained on)")
+    evaluate.add_argument("--game", help="game to evaluate on, named as for train (default: the run's recorded game, "
+                          "each game of a mixture in turn)")
     evaluate.add_argument("--max-steps", type=int,
                           help="episode length (default: the training run's for its game, else the game's own)")
     evaluate.add_argument("--as-agent", metavar="NAME",
@@ -201,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings the way the CLI prints errors: one line, no source excerpt."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     # torch's OpenMP threads spin while they wait for each other; on a 2-core machine shared with env
     # stepping or another process that spinning slowed training 2-3x. A short spin costs nothing when the
@@ -215,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         _quiet_mettagrid_logging()
+        warnings.formatwarning = _one_line_warning
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -273,6 +292,7 @@ def resume_run_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
+    from metta_agent.game_source import run_label
     from metta_agent.trainer import distributed
 
     _check_launcher_args(args)
@@ -286,7 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resolve_run_config(args)
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config.game.name}-{stamp}"
+            run_dir = Path("runs") / f"{config.agent.name.replace('/', '-')}-{config_label(config.game)}-{stamp}"
     if not distributed.launched_by_torchrun() and (args.nproc_per_node > 1 or args.nnodes > 1):
         return _launch_ranks(args, config, run_dir)
 
@@ -302,15 +322,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             ranks = f" x {world.world_size} ranks" if world.distributed else ""
             print(
                 f"{start}training {config.agent.name} ({trainer.agent.total_params:,} parameters) on "
-                f"{config.game.name}: {trainer.num_agents} agents{ranks}, {config.trainer.total_agent_steps:,} steps "
+                f"{run_label(trainer.games)}: {trainer.num_agents} agents{ranks}, {config.trainer.total_agent_steps:,} steps "
                 f"-> {run_dir}",
                 file=sys.stderr,
             )
         state = trainer.train()
+        games = trainer.games
         del trainer  # its DDP wrapper holds the process group: free it while every rank is still in the group
     if not world.is_main:
         return 0
-    summary = run_summary(run_dir, config, state, world.world_size)
+    summary = run_summary(run_dir, config, state, world.world_size, games)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -318,19 +339,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_summary(run_dir: Path, config, state, world_size: int) -> dict[str, Any]:
-    """The end of a run in numbers: its last eval beside the game's stored baselines."""
+def run_summary(run_dir: Path, config, state, world_size: int, games) -> dict[str, Any]:
+    """The end of a run in numbers: its last eval beside the game's stored baselines (built-in games only)."""
     from metta_agent.baselines import stored_baselines
+    from metta_agent.game_source import run_label
 
     last = state.history[-1] if state.history else {}
     evaluated = [row for row in state.history if "eval/return" in row]
     final_eval = {key.removeprefix("eval/"): value for key, value in evaluated[-1].items()
                   if key.startswith("eval/")} if evaluated else None
-    baselines = stored_baselines(config.game.name)
+    baselines = stored_baselines(games[0].source) if len(games) == 1 and games[0].builtin else {}
     curve = Path(run_dir) / "curve.png"
     return {
         "run_dir": str(run_dir),
-        "game": config.game.name,
+        "game": run_label(games),
         "epochs": state.epoch,
         "agent_steps": state.agent_steps,
         "episode_return": last.get("episode_return"),
@@ -388,11 +410,10 @@ def _check_launcher_args(args: argparse.Namespace) -> None:
 
 def _launch_ranks(args: argparse.Namespace, config, run_dir: Path) -> int:
     """Re-run this command under torchrun, one process per rank, after checking what a rank would reject."""
-    from metta_agent.env.info import EnvInfo
-    from metta_agent.games import make_game
+    from metta_agent.game_source import game_mix, resolve_games
     from metta_agent.trainer import distributed
 
-    config.validate(EnvInfo.from_game(make_game(config.game.name, max_steps=config.game.max_steps)).agents_per_env)
+    config.validate(game_mix(resolve_games(config.game)).info.agents_per_env)
     distributed.resolve_device(config.trainer.device, distributed.World())
     if not args.resume and args.node_rank == 0:
         _check_run_dir_free(run_dir)
@@ -444,8 +465,7 @@ def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from metta_agent.agent.loading import load_agent
     from metta_agent.checkpoint import load_checkpoint
-    from metta_agent.evaluate import evaluate
-    from metta_agent.games import make_game
+    from metta_agent.evaluate import BASELINES, evaluate
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
@@ -454,11 +474,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     metadata, _ = load_checkpoint(args.path)
-    game_name = args.game or metadata.get("game", "arena")
-    max_steps = args.max_steps
-    if max_steps is None and game_name == metadata.get("game"):
-        max_steps = metadata.get("config", {}).get("game", {}).get("max_steps")
-    game = make_game(game_name, max_steps=max_steps)
+    entries = _eval_games(metadata, args.game, args.max_steps)
     agent = load_agent(args.path, as_agent=args.as_agent)
     observers = []
     if args.render == "ascii":
@@ -466,14 +482,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         observers.append(AsciiRenderer(sys.stderr if args.json else sys.stdout, every=args.render_every,
                                        fps=args.render_fps))
-    result = {"game": game_name, "agent": agent.settings.name,
-              **evaluate(agent, game, args.episodes, args.seed, greedy=args.greedy, replay_dir=args.replay_dir,
-                         observers=observers)}
+    results = []
+    for entry in entries:
+        # The scripted policy knows the built-in games' stations only.
+        baselines = BASELINES if entry.builtin else tuple(b for b in BASELINES if b != "scripted")
+        result = {"game": entry.label, "agent": agent.settings.name,
+                  **evaluate(agent, entry.config, args.episodes, args.seed, greedy=args.greedy,
+                             replay_dir=args.replay_dir, observers=observers, baselines=baselines)}
+        if not entry.builtin:
+            result["scripted"] = "not available: the scripted baseline plays the built-in games only"
+        results.append(result)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(results[0] if len(results) == 1 else {"agent": agent.settings.name, "games": results}))
         return 0
+    for result in results:
+        _print_eval(result, args)
+    return 0
+
+
+def _eval_games(metadata: dict[str, Any], source: str | None, max_steps: int | None):
+    """The games ``eval`` plays: ``--game``, else those the checkpoint recorded (a checkpoint from before games
+    were recorded names a built-in game)."""
+    from metta_agent.game_source import GameEntry, check_game, games_from_metadata, load_game, source_label
+
+    if source is not None:
+        entry = GameEntry(source, source_label(source), 1.0, load_game(source, max_steps))
+        check_game(entry.config, entry.label)
+        return [entry]
+    recorded = games_from_metadata(metadata)
+    if recorded is None:
+        name = metadata.get("game", "arena")
+        steps = max_steps or metadata.get("config", {}).get("game", {}).get("max_steps")
+        return [GameEntry(name, name, 1.0, load_game(name, steps))]
+    if max_steps is not None:
+        # A built-in game is rebuilt (its restock events run to the episode end); another game is cut shorter.
+        recorded = [GameEntry(e.source, e.label, e.weight, load_game(e.source, max_steps)) if e.builtin
+                    else _with_max_steps(e, max_steps) for e in recorded]
+    return recorded
+
+
+def _with_max_steps(entry, max_steps: int):
+    config = entry.config.model_copy(deep=True)
+    config.game.max_steps = max_steps
+    return type(entry)(entry.source, entry.label, entry.weight, config)
+
+
+def _print_eval(result: dict[str, Any], args: argparse.Namespace) -> None:
     policy = "greedy" if args.greedy else "sampled"
-    print(f"{result['agent']} on {game_name}, {args.episodes} episodes x {result['agents_per_episode']} agents, "
+    print(f"{result['agent']} on {result['game']}, {args.episodes} episodes x {result['agents_per_episode']} agents, "
           f"{policy} actions")
     if result["dropped_features"]:
         print(f"  features the agent was not built with (dropped): {', '.join(result['dropped_features'])}")
@@ -483,11 +539,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"  {'':<16} {'trained':>17}   {'random':>17}   {'scripted':>17}   (mean +- standard error)")
     for name in sorted(k for k in result if k.startswith("mean_") and not k.endswith("_stderr")):
         cells = [f"{result[prefix + name]:9.3f} +- {result[prefix + name + '_stderr']:5.3f}"
-                 for prefix in ("", "random_", "scripted_")]
+                 if prefix + name in result else "n/a" for prefix in ("", "random_", "scripted_")]
         print(f"  {name.removeprefix('mean_'):<16} {cells[0]:>17}   {cells[1]:>17}   {cells[2]:>17}")
+    if "scripted" in result:
+        print(f"  scripted baseline {result['scripted']}")
     if "replays" in result:
         print(f"  {len(result['replays'])} replays written to {args.replay_dir}/ (open them in MettaScope)")
-    return 0
 
 
 def cmd_games(args: argparse.Namespace) -> int:
@@ -569,10 +626,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
     from metta_agent.agent.registry import PYTORCH_AGENTS, build_agent, pytorch_twin
     from metta_agent.config import AgentSettings
     from metta_agent.env.info import EnvInfo
-    from metta_agent.games import make_game
+    from metta_agent.game_source import load_game
     from metta_agent.policies.component.graph import shipped_architectures
 
-    env = EnvInfo.from_game(make_game(args.game))
+    env = EnvInfo.from_game(load_game(args.game))
 
     def params(name: str) -> int:
         torch.manual_seed(0)

@@ -38,9 +38,14 @@ class AgentSettings:
 @dataclass
 class GameSettings:
     name: str = "arena"
-    """Game to train on: ``arena`` or ``heart`` (``metta-agent games`` lists them)."""
+    """Game to train on: a built-in game (``metta-agent games`` lists them), ``FILE.py:FUNCTION`` or
+    ``MODULE:FUNCTION`` (a function returning a ``MettaGridConfig``), or a ``.yaml``/``.json`` MettaGridConfig
+    file (``game_source.py``)."""
     max_steps: int | None = None
     """Episode length; None keeps the game's own."""
+    mixture: list[Any] | None = None
+    """``[{game: SOURCE, weight: W}, ...]``: train on several games, each env drawing its next episode's game
+    by weight (``name`` is then unused)."""
 
 
 @dataclass
@@ -199,6 +204,14 @@ GAME_TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
               "eval_interval": 10, "eval_episodes": 16},
 }
 
+def _defaults_game(game: GameSettings) -> str:
+    """The game whose trainer defaults apply: the game, or a mixture's first game."""
+    if isinstance(game.mixture, list) and game.mixture:
+        first = game.mixture[0]
+        return str(first.get("game") if isinstance(first, dict) else first)
+    return game.name
+
+
 _AGENT_FIELDS = {f.name for f in dataclasses.fields(AgentSettings)} - {"kwargs"}
 
 
@@ -215,7 +228,7 @@ def build_config(layers: list[dict[str, Any]]) -> RunConfig:
     if unknown_sections:
         raise UsageError(f"unknown config section '{sorted(unknown_sections)[0]}'; sections are: agent, game, trainer")
     game = _fill(GameSettings(), merged.get("game", {}), "game")
-    trainer_values = dict(GAME_TRAINER_DEFAULTS.get(game.name, {}))
+    trainer_values = dict(GAME_TRAINER_DEFAULTS.get(_defaults_game(game), {}))
     trainer_values.update(merged.get("trainer", {}))
     trainer = _fill(TrainerSettings(), trainer_values, "trainer")
     agent_values = dict(merged.get("agent", {}))

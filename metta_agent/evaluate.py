@@ -31,7 +31,6 @@ from metta_agent import contract as keys
 from metta_agent.agent.metta_agent import MettaAgent
 from metta_agent.env import VecEnv
 from metta_agent.env.info import EnvInfo
-from metta_agent.games import game_stat_keys
 from metta_agent.seeding import EVAL_ENV_INDEX_BASE
 
 BASELINES = ("random", "scripted")
@@ -109,7 +108,7 @@ def run_episodes(game, episodes: int, seed: int, actor: Actor,
                  observers: Sequence[EpisodeObserver] = ()) -> list[list[dict[str, float]]]:
     """Play one episode in each of ``episodes`` envs (all in parallel); the finished episodes, each a list
     of its agents' statistics."""
-    with VecEnv(game, num_envs=episodes, seed=seed, stagger_first_episodes=False, stat_keys=game_stat_keys(game),
+    with VecEnv(game, num_envs=episodes, seed=seed, stagger_first_episodes=False,
                 first_env_index=EVAL_ENV_INDEX_BASE) as env:
         obs = env.reset()
         starts = np.ones(env.num_agents, dtype=bool)
@@ -136,12 +135,29 @@ def summarize(episodes: list[list[dict[str, float]]]) -> dict[str, float]:
     if not episodes:
         return {}
     summary: dict[str, float] = {}
-    for name in episodes[0][0]:
-        per_episode = np.array([np.mean([agent[name] for agent in episode]) for episode in episodes])
+    for name in dict.fromkeys(name for episode in episodes for name in episode[0]):
+        per_episode = np.array([np.mean([agent[name] for agent in episode]) for episode in episodes
+                                if name in episode[0]])
         short = name.removeprefix("episode_")
         summary[f"mean_{short}"] = float(per_episode.mean())
         summary[f"mean_{short}_stderr"] = standard_error(per_episode)
     return summary
+
+
+def combine_summaries(per_game: dict[str, dict[str, float]], weights: dict[str, float]) -> dict[str, float]:
+    """Summaries of several games in one: ``mean_<game>/<stat>`` for each, and ``mean_<stat>`` the weighted mean
+    over the games that have the stat (its standard error combined as for independent means)."""
+    combined: dict[str, float] = {}
+    for label, summary in per_game.items():
+        combined.update({f"mean_{label}/{key.removeprefix('mean_')}": value for key, value in summary.items()})
+    names = dict.fromkeys(key for summary in per_game.values() for key in summary if not key.endswith("_stderr"))
+    for name in names:
+        having = [label for label in per_game if name in per_game[label]]
+        total = sum(weights[label] for label in having)
+        combined[name] = sum(weights[label] * per_game[label][name] for label in having) / total
+        combined[f"{name}_stderr"] = math.sqrt(sum((weights[label] * per_game[label].get(f"{name}_stderr", 0.0)) ** 2
+                                                   for label in having)) / total
+    return combined
 
 
 def standard_error(values: np.ndarray) -> float:

@@ -10,7 +10,8 @@ From the run's ``trainer.seed`` (``s``):
 - **Maps and engines**: episode ``k`` of env ``e`` (a global env index: rank ``r`` plays envs from
   ``r x num_envs``) uses ``episode_seed(env_seed, e, k)`` for the map builder and the C++ engine;
   ``env_seed(s, epoch)`` is ``s`` for a new run; after a resume it draws new maps.
-  The cut-off of env ``e``'s first episode (staggered episode ends) comes from ``(env_seed, e)``.
+  The cut-off of env ``e``'s first episode (staggered episode ends) comes from ``(env_seed, e)``. In a game
+  mixture, the game episode ``k`` of env ``e`` plays is drawn by weight from ``(env_seed, e, k)`` too.
 - **Evaluation**: envs numbered from ``EVAL_ENV_INDEX_BASE``, which no training run reaches, so evaluation
   maps are never training maps; the agent samples from its own generator seeded with the eval seed.
 - **Resume**: the checkpoint restores torch's, numpy's and the minibatch generator's states; under DDP each
@@ -24,6 +25,7 @@ import numpy as np
 EVAL_ENV_INDEX_BASE = 1 << 40  # first env index of evaluation maps
 _STAGGER_KEY = 0x57A6  # distinguishes the stagger draw from the episode seeds of the same env
 _RESUME_KEY = 0x2E5E
+_GAME_KEY = 0x6A3E  # distinguishes a mixture's game draw from the episode's map seed
 
 
 def episode_seed(seed: int, env_index: int, episode: int) -> int:
@@ -38,6 +40,13 @@ def first_episode_cutoff(seed: int, env_index: int, max_steps: int) -> int:
         return 0
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(env_index), _STAGGER_KEY]))
     return int(rng.integers(1, max_steps + 1))
+
+
+def episode_game_draw(seed: int, env_index: int, episode: int, weights) -> int:
+    """Index of the game (drawn by ``weights``) that episode ``episode`` of env ``env_index`` plays."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(env_index), int(episode), _GAME_KEY]))
+    p = np.asarray(weights, dtype=np.float64)
+    return int(rng.choice(len(p), p=p / p.sum()))
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -394,8 +394,7 @@ class Sweep:
             raise
 
     def _train_trial(self, trial: optuna.Trial) -> float:
-        from metta_agent.env.info import EnvInfo
-        from metta_agent.games import make_game
+        from metta_agent.game_source import game_mix, resolve_games
         from metta_agent.trainer.trainer import Trainer
 
         s = self.settings
@@ -413,7 +412,7 @@ class Sweep:
             # The trial's own values go last: defaults < --config < flags < --set < trial length < sampled values.
             config = build_config([*s.base_layers, {"trainer": {"total_agent_steps": s.steps_per_trial}}, nest(values)])
             require_eval(config)
-            config.validate(EnvInfo.from_game(make_game(config.game.name, max_steps=config.game.max_steps)).agents_per_env)
+            config.validate(game_mix(resolve_games(config.game)).info.agents_per_env)
             trial.set_user_attr("config", config.to_dict())
             trainer = Trainer(config, run_dir=run_dir, show_progress=False)
         except UsageError as error:

@@ -61,9 +61,9 @@ def load_agent(path: str | Path, game=None, as_agent: str | None = None) -> Mett
                              f"which loads {choices}")
         agent = _as_other_form(agent, as_agent)
     if game is not None:
-        from metta_agent.games import make_game
+        from metta_agent.game_source import load_game
 
-        game_config = make_game(game) if isinstance(game, str) else game
+        game_config = load_game(game) if isinstance(game, str) else game
         env = EnvInfo.from_game(game_config)
         agent.initialize_to_environment(env.features, env.action_names)
     return agent

@@ -35,49 +35,72 @@ from mettagrid.mettagrid_c import MettaGrid as MettaGridCpp
 from mettagrid.mettagrid_c import dtype_actions, dtype_masks
 from mettagrid.simulator.simulator import Buffers, Simulation
 
+from metta_agent.env.mixture import GameMix
 from metta_agent.seeding import episode_seed, first_episode_cutoff
 
 NO_STATS: list[dict[str, float]] = []
 
 
+class _GameRunner:
+    """One game of the mixture, made ready to start episodes from."""
+
+    def __init__(self, game: MettaGridConfig):
+        # Private copy: the map builder's seed is set per episode (read only while a Simulation is built).
+        self.game = game.model_copy(deep=True)
+        self.seedable_map = hasattr(self.game.game.map_builder, "seed")
+        self.max_steps = int(self.game.game.max_steps)
+        # Fast path: drive the C++ engine directly. mettagrid's Simulation adds ~35 us of Python per step
+        # (timers, talk channel, event handlers) and re-converts the config to C++ for every episode; we
+        # convert once and build engines ourselves. Games that use features implemented in those Python
+        # handlers (talk, end_episode_on_game_stats) go through Simulation.
+        g = self.game.game
+        self.fast = not g.talk.enabled and not g.end_episode_on_game_stats
+        if self.fast:
+            self.c_cfg, self.agent_renames = mettagrid_c_config.convert_to_cpp_game_config(g)
+
+    def seeded(self, seed: int) -> MettaGridConfig:
+        """The game with its map builder seeded (the engine's own seed does not reach the map builder)."""
+        if self.seedable_map:
+            self.game.game.map_builder.seed = seed
+        return self.game
+
+    def grid(self, seed: int, agents: int) -> list:
+        grid = self.seeded(seed).game.map_builder.create().build_for_num_agents(agents).grid.tolist()
+        if self.agent_renames:
+            grid = mettagrid_c_config.rename_map_agents(grid, self.agent_renames)
+        return grid
+
+
 class EnvGroup:
-    """A contiguous range of envs stepped in this process over caller-owned batch array slices.
+    """A contiguous range of envs stepped in this process over caller-owned batch array slices, playing the
+    games of ``mix`` (each episode's game drawn by weight; tokens rewritten into the mixture's features).
 
     ``obs``, ``rewards``, ``terminals``, ``truncations`` and ``actions`` hold exactly this group's rows.
     """
 
     def __init__(
         self,
-        game: MettaGridConfig,
+        mix: GameMix,
         env_indices: Sequence[int],
         seed: int,
         stagger: bool,
-        stat_keys: dict[str, str],
         obs: np.ndarray,
         rewards: np.ndarray,
         terminals: np.ndarray,
         truncations: np.ndarray,
         actions: np.ndarray,
     ):
-        # Private copy: the map builder's seed is set per episode (read only while a Simulation is built).
-        self._game = game.model_copy(deep=True)
-        self._seedable_map = hasattr(self._game.game.map_builder, "seed")
+        self._mix = mix
+        self._games = [_GameRunner(game) for game in mix.games]
         self._env_indices = [int(e) for e in env_indices]  # global indices: they pick seeds and cut-offs
         self._seed = int(seed)
         self._stagger = bool(stagger)
-        self._stat_items = list(stat_keys.items())
-        self._max_steps = int(self._game.game.max_steps)
-        # Fast path: drive the C++ engine directly. mettagrid's Simulation adds ~35 us of Python per step
-        # (timers, talk channel, event handlers) and re-converts the config to C++ for every episode; we
-        # convert once and build engines ourselves. Games that use features implemented in those Python
-        # handlers (talk, end_episode_on_game_stats) go through Simulation.
-        g = self._game.game
-        self._fast = not g.talk.enabled and not g.end_episode_on_game_stats
-        if self._fast:
-            self._c_cfg, self._agent_renames = mettagrid_c_config.convert_to_cpp_game_config(g)
+        # For a mixture, every stat is also reported under its game's name ("<game>/hearts").
+        self._stat_items = [list(keys.items()) for keys in mix.stat_keys]
+        self._prefixes = [f"{label}/" for label in mix.labels] if mix.is_mixture else None
 
         E = len(self._env_indices)
-        A = int(g.num_agents)
+        A = mix.info.agents_per_env
         self.num_envs, self.agents_per_env = E, A
         self._obs, self._rewards = obs, rewards
         self._terminals, self._truncations = terminals, truncations
@@ -99,6 +122,8 @@ class EnvGroup:
         self._engines: list[MettaGridCpp | None] = [None] * E
         self._steppers: list[Any] = [None] * E
         self._episode = np.zeros(E, dtype=np.int64)  # index of the episode each env is playing
+        self._playing = np.zeros(E, dtype=np.int64)  # index (in the mixture) of the game each env is playing
+        self._remapped: list[int] = []  # envs whose game's tokens are rewritten into the mixture's features
         self._ep_return = np.zeros(E * A, dtype=np.float64)
         self._ep_len = np.zeros(E, dtype=np.int64)
         self._cutoff = np.zeros(E, dtype=np.int64)
@@ -121,8 +146,9 @@ class EnvGroup:
         self._restarted[:] = False
         self._any_restarted = False
         for i, e in enumerate(self._env_indices):
-            self._cutoff[i] = first_episode_cutoff(self._seed, e, self._max_steps) if self._stagger else 0
             self._start(i)
+            max_steps = self._games[self._playing[i]].max_steps
+            self._cutoff[i] = first_episode_cutoff(self._seed, e, max_steps) if self._stagger else 0
         self._cutoffs_left = int(np.count_nonzero(self._cutoff))
 
     def close(self) -> None:
@@ -139,26 +165,34 @@ class EnvGroup:
 
     def _start(self, i: int) -> None:
         k = int(self._episode[i])
-        s = episode_seed(self._seed, self._env_indices[i], k)
-        if self._seedable_map:
-            self._game.game.map_builder.seed = s
+        e = self._env_indices[i]
+        s = episode_seed(self._seed, e, k)
+        g = self._mix.draw(self._seed, e, k)
+        self._playing[i] = g
+        runner = self._games[g]
         b = self._buffers[i]
-        if self._fast:
+        if runner.fast:
             # What Simulation.__init__ does, minus re-converting the config to C++ (1-6 ms per episode).
-            grid = self._game.game.map_builder.create().build_for_num_agents(self.agents_per_env).grid.tolist()
-            if self._agent_renames:
-                grid = mettagrid_c_config.rename_map_agents(grid, self._agent_renames)
-            engine = MettaGridCpp(self._c_cfg, grid, s)
+            engine = MettaGridCpp(runner.c_cfg, runner.grid(s, self.agents_per_env), s)
             # set_buffers zeroes the rewards and flags and writes the first observation.
             engine.set_buffers(b.observations, b.terminals, b.truncations, b.rewards, b.actions, b.vibe_actions)
             self._engines[i] = engine
             self._steppers[i] = engine.step
         else:
-            sim = Simulation(self._game, seed=s, buffers=b)  # the same, through mettagrid's Python layer
+            sim = Simulation(runner.seeded(s), seed=s, buffers=b)  # the same, through mettagrid's Python layer
             self._sims[i] = sim
             self._engines[i] = sim._c_sim
             self._steppers[i] = sim.step
         self._episode[i] = k + 1
+        if self._mix.is_mixture:
+            self._remapped = [j for j in range(self.num_envs) if self._mix.remaps[self._playing[j]] is not None]
+            self._remap(i)
+
+    def _remap(self, i: int) -> None:
+        remap = self._mix.remaps[self._playing[i]]
+        if remap is not None:
+            A = self.agents_per_env
+            remap.apply(self._obs[i * A : (i + 1) * A])
 
     def engine(self, i: int) -> MettaGridCpp:
         """The C++ engine now playing the group's env ``i`` (replaced when its episode ends)."""
@@ -179,6 +213,8 @@ class EnvGroup:
             self._any_restarted = False
         for stepper in self._steppers:
             stepper()
+        for i in self._remapped:
+            self._remap(i)
         self._ep_return += self._rewards
         self._ep_len += 1
         if self._cutoffs_left:
@@ -203,11 +239,14 @@ class EnvGroup:
         assert c_sim is not None
         length = int(self._ep_len[i])
         returns = self._ep_return[rows].tolist()
+        g = int(self._playing[i])
         for a in range(A):
             d: dict[str, float] = {"episode_return": returns[a], "episode_length": length}
-            for metric, stat in self._stat_items:
+            for metric, stat in self._stat_items[g]:
                 v = c_sim.get_agent_stat(a, stat)
                 d[metric] = 0.0 if v is None else float(v)
+            if self._prefixes is not None:
+                d.update({self._prefixes[g] + name: value for name, value in list(d.items())})
             stats.append(d)
         # A new Simulation zeroes rewards and flags in its buffers: keep the final step's values visible
         # until the next step (which clears the flags again before stepping the new episode).

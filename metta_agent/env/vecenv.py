@@ -43,7 +43,7 @@ from mettagrid.mettagrid_c import (
 )
 
 from metta_agent.env.env_group import EnvGroup
-from metta_agent.env.info import EnvInfo
+from metta_agent.env.mixture import GameMix
 from metta_agent.env.workers import WorkerPool
 
 __all__ = ["VecEnv"]
@@ -55,13 +55,16 @@ class VecEnv:
     """Many mettagrid envs stepped as one batch of agents (rows = env_index * agents_per_env + agent).
 
     Args:
-        game: the game config (``change_vibe`` should be disabled; ``episode_truncates=True`` recommended).
+        game: the game config, or a :class:`GameMix` of games whose envs draw each episode's game by weight
+            (its tokens presented in the mixture's feature space, ``info``).
         num_envs: number of independent envs.
         seed: non-negative run seed; episode ``k`` of env ``e`` uses ``episode_seed(seed, e, k)``.
         num_workers: 0 = step all envs in this process; K > 0 = K worker processes (shared memory).
         stagger_first_episodes: cut each env's first episode at a random step in ``[1, max_steps]``
             (reported as truncation), so envs restart at different steps. Later episodes are full length.
-        stat_keys: ``{metric: engine per-agent stat name}`` added to every finished agent-episode's stats.
+        stat_keys: ``{metric: engine per-agent stat name}`` added to every finished agent-episode's stats
+            (default: each game's own, ``games.game_stat_keys``). In a mixture each is also reported as
+            ``<game>/<metric>``, with ``<game>/episode_return`` and ``<game>/episode_length``.
         start_method: multiprocessing start method for workers (default ``"fork"`` where available:
             workers only run mettagrid, never torch; ``"spawn"`` works too, at ~1 s start-up per worker).
         first_env_index: global index of this batch's first env, for seeds and cut-offs. Data-parallel
@@ -74,7 +77,7 @@ class VecEnv:
 
     def __init__(
         self,
-        game: MettaGridConfig,
+        game: MettaGridConfig | GameMix,
         num_envs: int,
         seed: int = 0,
         num_workers: int = 0,
@@ -95,15 +98,18 @@ class VecEnv:
         self._group: EnvGroup | None = None
         self._pool: WorkerPool | None = None
 
-        self.game = game
-        self.info = EnvInfo.from_game(game)  # the game as policies see it: features, actions, geometry
+        mix = game if isinstance(game, GameMix) else GameMix.single(game)
+        if stat_keys is not None:
+            mix = mix.with_stat_keys(stat_keys)
+        self.mix = mix
+        self.game = mix.games[0]
+        self.info = mix.info  # the game as policies see it: features, actions, geometry
         self.num_envs = int(num_envs)
         self.agents_per_env = self.info.agents_per_env
         self.num_agents = self.num_envs * self.agents_per_env
         self.obs_shape: tuple[int, int] = (self.info.num_tokens, TOKEN_SIZE)
-        self.max_steps = int(game.game.max_steps)
+        self.max_steps = max(int(g.game.max_steps) for g in mix.games)
         self.seed = int(seed)
-        self.stat_keys: dict[str, str] = dict(stat_keys or {})
         self.num_workers = min(int(num_workers), self.num_envs)
         self.first_env_index = int(first_env_index)
         self._pending_stats: list[dict[str, float]] = []
@@ -122,11 +128,11 @@ class VecEnv:
             self._truncations = np.zeros(n, dtype=dtype_truncations)
             self._actions = np.zeros(n, dtype=dtype_actions)
             envs = range(self.first_env_index, self.first_env_index + self.num_envs)
-            self._group = EnvGroup(game, envs, self.seed, stagger, self.stat_keys, self._obs, self._rewards,
-                                   self._terminals, self._truncations, self._actions)
+            self._group = EnvGroup(mix, envs, self.seed, stagger, self._obs, self._rewards, self._terminals,
+                                   self._truncations, self._actions)
         else:
-            pool = WorkerPool(game, self.num_envs, self.num_workers, self.obs_shape, self.first_env_index,
-                              self.seed, stagger, self.stat_keys, start_method)
+            pool = WorkerPool(mix, self.num_envs, self.num_workers, self.obs_shape, self.first_env_index,
+                              self.seed, stagger, start_method)
             self._pool = pool
             self._obs, self._rewards, self._actions = pool.obs, pool.rewards, pool.actions
             self._terminals, self._truncations = pool.terminals, pool.truncations

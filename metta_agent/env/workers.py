@@ -25,7 +25,6 @@ import uuid
 from typing import Any, Sequence
 
 import numpy as np
-from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.mettagrid_c import (
     dtype_actions,
     dtype_observations,
@@ -35,6 +34,7 @@ from mettagrid.mettagrid_c import (
 )
 
 from metta_agent.env.env_group import NO_STATS, EnvGroup
+from metta_agent.env.mixture import GameMix
 
 # -- shared memory layout ----------------------------------------------------------------------------
 
@@ -87,13 +87,12 @@ def _worker_main(
     shm_path: str,
     shm_size: int,
     layout: dict[str, tuple[int, tuple[int, ...], np.dtype]],
-    game: MettaGridConfig,
+    mix: GameMix,
     env_lo: int,
     env_hi: int,
     first_env_index: int,
     seed: int,
     stagger: bool,
-    stat_keys: dict[str, str],
 ) -> None:
     for c in inherited:  # parent-side pipe ends copied by fork: close them so EOF reaches us
         c.close()
@@ -106,14 +105,13 @@ def _worker_main(
         finally:
             os.close(fd)
         arr = _views(buf, layout)
-        A = int(game.game.num_agents)
+        A = mix.info.agents_per_env
         rows = slice((env_lo - first_env_index) * A, (env_hi - first_env_index) * A)
         group = EnvGroup(
-            game,
+            mix,
             range(env_lo, env_hi),
             seed,
             stagger,
-            stat_keys,
             arr["obs"][rows],
             arr["rewards"][rows],
             arr["terminals"][rows],
@@ -160,14 +158,13 @@ class WorkerPool:
 
     def __init__(
         self,
-        game: MettaGridConfig,
+        mix: GameMix,
         num_envs: int,
         num_workers: int,
         obs_shape: tuple[int, int],
         first_env_index: int,
         seed: int,
         stagger: bool,
-        stat_keys: dict[str, str],
         start_method: str | None = None,
     ):
         self.closed = False
@@ -176,7 +173,7 @@ class WorkerPool:
         if start_method is None:
             start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         ctx = mp.get_context(start_method)
-        agents = num_envs * int(game.game.num_agents)
+        agents = num_envs * mix.info.agents_per_env
         layout, size = _layout(agents, obs_shape)
         path = os.path.join(_shm_dir(), f"metta_vecenv_{os.getpid()}_{uuid.uuid4().hex}")
         self._buf: mmap.mmap | None = None
@@ -204,13 +201,12 @@ class WorkerPool:
                         path,
                         size,
                         layout,
-                        game,
+                        mix,
                         first_env_index + self.bounds[w],
                         first_env_index + self.bounds[w + 1],
                         first_env_index,
                         seed,
                         stagger,
-                        stat_keys,
                     ),
                     name=f"metta-vecenv-{w}",
                     daemon=True,

@@ -14,6 +14,7 @@ import torch
 from metta_agent import seeding
 from metta_agent.config import RunConfig, build_config, load_yaml, parse_set
 from metta_agent.errors import UsageError, first_line
+from metta_agent.game_source import games_metadata, run_label
 
 # Command-line flags that choose what a run is: a resume reads them from the run's config.yaml.
 FIXED_FLAGS = ("agent", "game", "seed", "config")
@@ -46,7 +47,8 @@ def trainer_checkpoint(trainer) -> tuple[dict[str, Any], dict[str, Any]]:
     metadata = {
         "agent": trainer.agent.metadata(),
         "config": trainer.config.to_dict(),
-        "game": trainer.config.game.name,
+        "game": run_label(trainer.games),
+        "games": games_metadata(trainer.games),
         "trainer": {
             "epoch": trainer.state.epoch,
             "agent_steps": trainer.state.agent_steps,

@@ -29,9 +29,8 @@ from metta_agent.agent.registry import build_agent
 from metta_agent.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from metta_agent.config import RunConfig
 from metta_agent.env import VecEnv
-from metta_agent.env.info import EnvInfo
 from metta_agent.errors import TrainingError
-from metta_agent.games import game_stat_keys, make_game
+from metta_agent.game_source import GameEntry, game_mix, record_games, recorded_games, resolve_games
 from metta_agent.trainer import distributed, resume
 from metta_agent.trainer.experience import Experience
 from metta_agent.trainer.ppo import explained_variance, lr_lambda, ppo_loss
@@ -61,13 +60,18 @@ class Trainer:
         run_dir: Path | None = None,
         show_progress: bool = True,
         resume_from: Path | None = None,
+        games: list[GameEntry] | None = None,
     ):
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.world = distributed.current_world()
-        # Bad settings are refused before anything touches the run directory.
-        self.game = make_game(config.game.name, max_steps=config.game.max_steps)
-        self.env_info = EnvInfo.from_game(self.game)
+        # Bad settings are refused before anything touches the run directory. A resumed run plays the games it
+        # recorded (game_source.py), whatever its game sources give now.
+        # ``games`` (the Python API's MettaGridConfig objects) replace config.game's sources.
+        recorded = recorded_games(config.game, self.run_dir) if resume_from is not None and self.run_dir else None
+        self.games: list[GameEntry] = recorded or games or resolve_games(config.game)
+        self.mix = game_mix(self.games)
+        self.env_info = self.mix.info
         config.validate(self.env_info.agents_per_env)
         # One writer per run directory, taken before the checkpoint to resume from is even chosen.
         self._run_lock: RunDirLock | None = None
@@ -111,11 +115,10 @@ class Trainer:
         if self.world.distributed:
             torch.manual_seed(seeding.rank_seed(cfg.seed, self.world.rank))  # each rank samples its own actions
         self.env = VecEnv(
-            self.game,
+            self.mix,
             num_envs=cfg.num_envs,
             seed=seeding.env_seed(cfg.seed, self.state.epoch),
             num_workers=cfg.env_workers,
-            stat_keys=game_stat_keys(self.game),
             first_env_index=self.world.rank * cfg.num_envs,
         )
         self.num_agents = self.env.num_agents
@@ -215,15 +218,21 @@ class Trainer:
     def evaluate_policy(self) -> dict[str, float]:
         """``eval/<stat>`` (and ``eval/<stat>_stderr``) of the current policy on ``trainer.eval_episodes`` fresh
         maps, sampling actions. The maps are the evaluation domain's (never training's), the same at every
-        eval point of the run, so points differ by the policy only."""
-        from metta_agent.evaluate import AgentActor, run_episodes, summarize
+        eval point of the run, so points differ by the policy only. A mixture is evaluated on each of its games
+        (``eval/<game>/<stat>``); ``eval/<stat>`` is then their weighted mean."""
+        from metta_agent.evaluate import AgentActor, combine_summaries, run_episodes, summarize
 
         assert self._eval_agent is not None
         start = time.perf_counter()
         cfg = self.config.trainer
         self._eval_agent.load_state_dict(self.agent.state_dict())
         actor = AgentActor(self._eval_agent, seed=cfg.seed)
-        summary = summarize(run_episodes(self.game, cfg.eval_episodes, cfg.seed, actor))
+        if self.mix.is_mixture:
+            per_game = {label: summarize(run_episodes(self.mix.only(index), cfg.eval_episodes, cfg.seed, actor))
+                        for index, label in enumerate(self.mix.labels)}
+            summary = combine_summaries(per_game, dict(zip(self.mix.labels, self.mix.weights)))
+        else:
+            summary = summarize(run_episodes(self.mix, cfg.eval_episodes, cfg.seed, actor))
         metrics = {f"eval/{name.removeprefix('mean_')}": value for name, value in summary.items()}
         metrics["eval_seconds"] = time.perf_counter() - start
         return metrics
@@ -390,6 +399,7 @@ class Trainer:
     def _open_logs(self) -> None:
         if self.run_dir is not None and self.world.is_main:
             self._run_log = RunLog(self.run_dir, self.config, self.state.epoch, self.state.agent_steps)
+            record_games(self.run_dir, self.games)
 
     def _close_logs(self) -> None:
         if self._run_lock is not None:
@@ -424,6 +434,8 @@ def _summarize_episodes(episodes: list[dict[str, float]]) -> dict[str, Any]:
     if not episodes:
         return {"episode_return": None, "episode_length": None, "episodes": 0}
     summary: dict[str, Any] = {"episodes": len(episodes)}
-    for name in episodes[0]:
-        summary[name] = float(np.mean([episode[name] for episode in episodes]))
+    # A mixture's episodes carry their own game's stats (and "<game>/..." copies): average each over those
+    # that have it.
+    for name in dict.fromkeys(name for episode in episodes for name in episode):
+        summary[name] = float(np.mean([episode[name] for episode in episodes if name in episode]))
     return summary

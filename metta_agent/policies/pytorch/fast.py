@@ -8,6 +8,7 @@ from metta_agent.blocks.init import conv2d, linear
 from metta_agent.blocks.observation import ObsNormalizer, TokenToBox
 from metta_agent.blocks.token_conv import token_conv
 from metta_agent.env.info import EnvInfo
+from metta_agent.errors import UsageError
 from metta_agent.policies.pytorch.recurrent_policy import RecurrentPolicy
 
 
@@ -27,6 +28,9 @@ class Fast(RecurrentPolicy):
         self.cnn2 = conv2d(cnn_channels, cnn_channels, kernel_size=3)
         height = conv_output_size(conv_output_size(env.obs_height, 5, 3), 3, 1)
         width = conv_output_size(conv_output_size(env.obs_width, 5, 3), 3, 1)
+        if height < 1 or width < 1:
+            raise UsageError(f"fast's convolutions (5x5 stride 3, then 3x3) need an observation window of at least "
+                             f"11x11; the game's is {env.obs_height}x{env.obs_width}")
         self.fc1 = linear(cnn_channels * height * width, hidden_size)
         self.encoded_obs = linear(hidden_size, hidden_size)
         self.attach_core_and_heads(hidden_size)
