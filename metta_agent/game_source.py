@@ -102,9 +102,8 @@ def load_game(source: str, max_steps: int | None = None) -> MettaGridConfig:
 
 
 def load_game_file(path: Path) -> MettaGridConfig:
-    """A serialized ``MettaGridConfig`` (YAML or JSON), validated by mettagrid."""
-    from pydantic import ValidationError
-
+    """A serialized ``MettaGridConfig`` (YAML or JSON), validated by mettagrid (with the game-value classes of
+    ``<name>.value_types.json`` beside it, if any: see "recording" below)."""
     if not path.is_file():
         raise UsageError(f"game file '{path}' does not exist")
     text = read_text_file(path, "game file")
@@ -117,12 +116,14 @@ def load_game_file(path: Path) -> MettaGridConfig:
             data = yaml.safe_load(text)
     except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
         raise UsageError(f"game file '{path}' cannot be read: {first_line(error)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"game file '{path}' must hold a MettaGridConfig mapping (with a 'game' section)")
-    try:
-        return MettaGridConfig.model_validate(data)
-    except ValidationError as error:
-        raise UsageError(f"game file '{path}' is not a valid MettaGridConfig: {_validation_line(error)}") from None
+    value_types = None
+    types_path = _types_path(path)
+    if types_path.is_file():  # written beside a game a run recorded
+        try:
+            value_types = json.loads(read_text_file(types_path, "game value types file"))
+        except ValueError as error:
+            raise UsageError(f"game value types file '{types_path}' cannot be read: {first_line(error)}") from None
+    return restore_game(data, value_types, str(path))
 
 
 def _validation_line(error: Any) -> str:
@@ -246,30 +247,118 @@ def check_game(config: MettaGridConfig, label: str) -> None:
         raise UsageError(f"game '{label}' has no episode length (max_steps {game.max_steps}): set game.max_steps, "
                          "so that episodes end")
     if game.actions.change_vibe.enabled and len(interface.vibe_action_names or ()) > 1:
-        warnings.warn(f"game '{label}' has a change_vibe action stream; metta-agent's agents choose only the "
-                      "main actions, and the vibe stream stays at change_vibe_default (agents keep the default vibe)", stacklevel=2)
+        warnings.warn(f"game '{label}' has a change_vibe action stream; metta-agent's agents choose only the main "
+                      "actions, and the vibe stream stays at change_vibe_default (agents keep the default vibe)",
+                      stacklevel=2)
 
 
 # ---- recording ------------------------------------------------------------------------------------------
+#
+# mettagrid 0.26 serializes its game-value union (``AnyGameValue``) without a type tag, and reads a
+# ``MinGameValue`` or ``MaxGameValue`` back as a ``SumGameValue``: the arena's capped rewards (min(0.1 x ore, 1))
+# would come back as sums (0.1 x ore + 1). A recorded game therefore carries, beside mettagrid's
+# serialization, the class of every game value by its path (``<label>.value_types.json``), and is rebuilt
+# with those classes.
 
 
-def canonical(config: MettaGridConfig) -> str:
-    """A config's serialization as it reads back (mettagrid's first dump omits some defaults)."""
-    return MettaGridConfig.model_validate_json(config.model_dump_json()).model_dump_json()
+def dump_game(config: MettaGridConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(mettagrid's serialization, {path of each game value: its class name})``."""
+    return json.loads(config.model_dump_json()), _value_types(config, "")
+
+
+def restore_game(data: Any, value_types: dict[str, str] | None, where: str) -> MettaGridConfig:
+    """A ``MettaGridConfig`` from its serialization, each game value rebuilt as the class recorded for it."""
+    from mettagrid.config import game_value
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise UsageError(f"game file '{where}' must hold a MettaGridConfig mapping (with a 'game' section)")
+    if value_types:
+        data = json.loads(json.dumps(data))
+        # Innermost first, so a value's own values are already rebuilt when it is.
+        for path in sorted(value_types, key=lambda p: p.count("/"), reverse=True):
+            cls = getattr(game_value, str(value_types[path]), None)
+            if not (isinstance(cls, type) and issubclass(cls, game_value.GameValue)):
+                raise UsageError(f"game file '{where}': unknown game value type '{value_types[path]}' at {path}")
+            parent, key = _locate(data, path)
+            if parent is not None:
+                try:
+                    parent[key] = cls.model_validate(parent[key])
+                except ValidationError as error:
+                    raise UsageError(f"game file '{where}' is not a valid MettaGridConfig: {path}: "
+                                     f"{_validation_line(error)}") from None
+    try:
+        return MettaGridConfig.model_validate(data)
+    except ValidationError as error:
+        raise UsageError(f"game file '{where}' is not a valid MettaGridConfig: {_validation_line(error)}") from None
+
+
+def fingerprint(config: MettaGridConfig) -> str:
+    """Equal for configs that play the same game (the serialization as it reads back, and the value classes)."""
+    data, value_types = dump_game(config)
+    return json.dumps([restore_game(data, value_types, "").model_dump_json(), value_types])
+
+
+def _value_types(node: Any, path: str) -> dict[str, str]:
+    from mettagrid.config.game_value import GameValue
+    from pydantic import BaseModel
+
+    found: dict[str, str] = {}
+    if isinstance(node, GameValue):
+        found[path] = type(node).__name__
+    if isinstance(node, BaseModel):
+        children = ((name, getattr(node, name)) for name in type(node).model_fields)
+    elif isinstance(node, (list, tuple)):
+        children = enumerate(node)
+    elif isinstance(node, dict):
+        children = node.items()
+    else:
+        return found
+    for key, child in children:
+        found.update(_value_types(child, f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"))
+    return found
+
+
+def _locate(data: Any, path: str) -> tuple[Any, Any]:
+    """``(container, key)`` of a JSON-pointer-like path in ``data``, or ``(None, None)`` if it is absent."""
+    parts = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+    node = data
+    for index, part in enumerate(parts):
+        key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
+        if isinstance(node, list) and not (isinstance(key, int) and key < len(node)):
+            return None, None
+        if isinstance(node, dict) and key not in node:
+            return None, None
+        if index == len(parts) - 1:
+            return node, key
+        node = node[key]
+    return None, None
+
+
+def _types_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(path.suffix) + ".value_types.json")
 
 
 def record_games(run_dir: Path, entries: Sequence[GameEntry]) -> None:
-    """Write each game's mettagrid serialization to ``<run>/games/<label>.json`` (atomically)."""
+    """Write each game to ``<run>/games/<label>.json`` (mettagrid's serialization) and
+    ``<label>.value_types.json`` (its game values' classes), atomically."""
     directory = Path(run_dir) / GAMES_DIR
     directory.mkdir(parents=True, exist_ok=True)
     for entry in entries:
-        write_text_atomically(directory / f"{entry.label}.json", entry.config.model_dump_json(indent=2) + "\n")
+        data, value_types = dump_game(entry.config)
+        path = directory / f"{entry.label}.json"
+        write_text_atomically(_types_path(path), json.dumps(value_types, indent=2) + "\n")
+        write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def games_metadata(entries: Sequence[GameEntry]) -> list[dict[str, Any]]:
     """The games as a checkpoint's metadata holds them."""
-    return [{"source": e.source, "label": e.label, "weight": e.weight, "config": json.loads(e.config.model_dump_json())}
-            for e in entries]
+    records = []
+    for e in entries:
+        data, value_types = dump_game(e.config)
+        records.append({"source": e.source, "label": e.label, "weight": e.weight, "config": data,
+                        "value_types": value_types})
+    return records
 
 
 def games_from_metadata(metadata: dict[str, Any]) -> list[GameEntry] | None:
@@ -277,8 +366,12 @@ def games_from_metadata(metadata: dict[str, Any]) -> list[GameEntry] | None:
     recorded = metadata.get("games")
     if not recorded:
         return None
-    return [GameEntry(item["source"], item["label"], float(item["weight"]),
-                      MettaGridConfig.model_validate(item["config"])) for item in recorded]
+    entries = []
+    for item in recorded:
+        config = restore_game(item["config"], item.get("value_types"), f"checkpoint game '{item['label']}'")
+        config.label = item["label"]
+        entries.append(GameEntry(item["source"], item["label"], float(item["weight"]), config))
+    return entries
 
 
 def recorded_games(settings: Any, run_dir: Path) -> list[GameEntry] | None:
@@ -298,13 +391,13 @@ def recorded_games(settings: Any, run_dir: Path) -> list[GameEntry] | None:
         recorded = load_game_file(path)
         recorded.label = label
         try:
-            current = canonical(load_game(source, settings.max_steps))
+            current = fingerprint(load_game(source, settings.max_steps))
         except UsageError as error:
             current = None
             if not source.startswith(OBJECT_PREFIX):
                 print(f"note: game '{source}' cannot be loaded now ({error}); using the run's recorded game {path}",
                       file=sys.stderr)
-        if current is not None and current != canonical(recorded):
+        if current is not None and current != fingerprint(recorded):
             warnings.warn(f"game '{source}' now gives a different game than when the run started; using the run's "
                           f"recorded game {path}", RecordedGameWarning, stacklevel=2)
         entries.append(GameEntry(source, label, weight, recorded))

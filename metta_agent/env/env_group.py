@@ -98,6 +98,7 @@ class EnvGroup:
         # For a mixture, every stat is also reported under its game's name ("<game>/hearts").
         self._stat_items = [list(keys.items()) for keys in mix.stat_keys]
         self._prefixes = [f"{label}/" for label in mix.labels] if mix.is_mixture else None
+        self._remaps_tokens = any(remap is not None for remap in mix.remaps)
 
         E = len(self._env_indices)
         A = mix.info.agents_per_env
@@ -184,7 +185,7 @@ class EnvGroup:
             self._engines[i] = sim._c_sim
             self._steppers[i] = sim.step
         self._episode[i] = k + 1
-        if self._mix.is_mixture:
+        if self._remaps_tokens:
             self._remapped = [j for j in range(self.num_envs) if self._mix.remaps[self._playing[j]] is not None]
             self._remap(i)
 

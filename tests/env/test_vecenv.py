@@ -175,7 +175,7 @@ def test_simulation_path_matches_fast_path():
         acts = random_actions(v, 20)
         fast = rollout(v, acts)
     with VecEnv(slow_game, 2, seed=4, stat_keys=STAT_KEYS) as v:
-        assert not v._group._fast
+        assert not v._group._games[0].fast
         slow = rollout(v, acts)
     assert_same_rollouts(fast, slow)
 
