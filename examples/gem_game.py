@@ -37,7 +37,9 @@ from mettagrid.map_builder.random_map import RandomMapBuilder
 def gem_game(max_steps: int = 200, mines: int = 5) -> MettaGridConfig:
     mine = GridObjectConfig(
         name="gem_mine",
-        inventory=InventoryConfig(initial={"gem": 1}, limits={"gem": ResourceLimitsConfig(base=1, max=1, resources=["gem"])}),
+        inventory=InventoryConfig(
+            initial={"gem": 1}, limits={"gem": ResourceLimitsConfig(base=1, max=1, resources=["gem"])}
+        ),
         on_use_handler=Handler(filters=[targetHas({"gem": 1})], mutations=[withdraw({"gem": 1})]),
     )
     restock = EventConfig(

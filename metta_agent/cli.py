@@ -322,7 +322,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             ranks = f" x {world.world_size} ranks" if world.distributed else ""
             print(
                 f"{start}training {config.agent.name} ({trainer.agent.total_params:,} parameters) on "
-                f"{run_label(trainer.games)}: {trainer.num_agents} agents{ranks}, {config.trainer.total_agent_steps:,} steps "
+                f"{run_label(trainer.games)}: {trainer.num_agents} agents{ranks}, "
+                f"{config.trainer.total_agent_steps:,} steps "
                 f"-> {run_dir}",
                 file=sys.stderr,
             )

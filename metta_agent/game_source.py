@@ -129,7 +129,8 @@ def load_game_file(path: Path) -> MettaGridConfig:
 def _validation_line(error: Any) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
-    return f"{where}: {first.get('msg', 'invalid')} ({error.error_count()} error{'s' if error.error_count() > 1 else ''})"
+    count = error.error_count()
+    return f"{where}: {first.get('msg', 'invalid')} ({count} error{'s' if count > 1 else ''})"
 
 
 def _from_factory(location: str, factory: str, source: str) -> MettaGridConfig:
@@ -147,7 +148,8 @@ def _from_factory(location: str, factory: str, source: str) -> MettaGridConfig:
             spec.loader.exec_module(module)
         except Exception as error:
             sys.modules.pop(module_name, None)
-            raise UsageError(f"game file '{path}' failed to load: {type(error).__name__}: {first_line(error)}") from None
+            raise UsageError(f"game file '{path}' failed to load: {type(error).__name__}: "
+                             f"{first_line(error)}") from None
     else:
         try:
             module = importlib.import_module(location)

@@ -144,7 +144,8 @@ def test_mixture_trains_on_both_games_with_per_game_metrics(tmp_path, capsys):
     mixture = f"game.mixture=[{{game: heart, weight: 1}}, {{game: '{EXAMPLE}:gem_game', weight: 1}}]"
     summary = train(capsys, "--set", mixture, "--run-dir", str(run))
     assert summary["game"] == "mixture"
-    assert sorted(p.name for p in (run / "games").glob("*.json") if "value_types" not in p.name) == ["gem_game.json", "heart.json"]
+    recorded = sorted(p.name for p in (run / "games").glob("*.json") if "value_types" not in p.name)
+    assert recorded == ["gem_game.json", "heart.json"]
     logged = rows(run)
     assert any("heart/hearts" in row for row in logged) and any("gem_game/gem" in row for row in logged)
     last = logged[-1]
@@ -189,11 +190,32 @@ BAD = [
     (["--game", "{dir}/small.py:endless"], "no episode length (max_steps 0)"),
     (["--game", "no_such_module_xyz:make"], "cannot import game module 'no_such_module_xyz'"),
     (["--game", "nonsense"], "unknown game 'nonsense'"),
-    (["--set", "game.mixture=[{game: heart}, {game: arena}]"], "games 'heart' and 'arena' cannot be mixed: 4 agents vs 24"),
+    (["--set", "game.mixture=[{game: heart}, {game: arena}]"],
+     "games 'heart' and 'arena' cannot be mixed: 4 agents vs 24"),
     (["--set", "game.mixture=[{game: heart}, {game: '{dir}/small.py:fewer_actions'}]"],
      "cannot be mixed: 5 actions vs 3"),
     (["--set", "game.mixture=[{game: heart, weight: 0}]"], "weight must be a positive number"),
 ]
+
+
+SMALL_GAMES = """
+import metta_agent
+
+def small():
+    g = metta_agent.make_game('heart')
+    g.game.obs.width = g.game.obs.height = 7
+    return g
+
+def endless():
+    g = metta_agent.make_game('heart')
+    g.game.max_steps = 0
+    return g
+
+def fewer_actions():
+    g = metta_agent.make_game('heart')
+    g.game.actions.move.allowed_directions = ['north', 'south']
+    return g
+"""
 
 
 @pytest.mark.parametrize("args,message", BAD)
@@ -201,12 +223,7 @@ def test_bad_games_are_one_line_and_exit_code_2(args, message, tmp_path, capsys)
     (tmp_path / "raises.py").write_text("def make():\n    raise ValueError('no such map')\n")
     (tmp_path / "wrong.py").write_text("def make():\n    return {'game': {}}\n")
     (tmp_path / "invalid.yaml").write_text("game:\n  num_agents: 0\n")
-    (tmp_path / "small.py").write_text(
-        "import metta_agent\n"
-        "def small():\n    g = metta_agent.make_game('heart')\n    g.game.obs.width = g.game.obs.height = 7\n    return g\n"
-        "def endless():\n    g = metta_agent.make_game('heart')\n    g.game.max_steps = 0\n    return g\n"
-        "def fewer_actions():\n    g = metta_agent.make_game('heart')\n    g.game.actions.move.allowed_directions = "
-        "['north', 'south']\n    return g\n")
+    (tmp_path / "small.py").write_text(SMALL_GAMES)
     args = [arg.replace("{dir}", str(tmp_path)) for arg in args]
     code = main(["train", *args, "--steps", "10", "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
