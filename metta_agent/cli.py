@@ -373,9 +373,12 @@ def describe_run_summary(summary: dict[str, Any]) -> str:
     if final is None:
         lines.append("  no evaluation ran (trainer.eval_interval is 0)")
     else:
-        stat = "hearts" if "hearts" in final else "return"
+        stat = next((name for name in ("hearts", *final) if name in final and not name.endswith("_stderr")
+                     and "/" not in name and name not in ("return", "length")), "return")
         lines.append(f"  final eval ({summary['eval_episodes']} episodes, fresh maps): {stat} {final[stat]:.2f} "
                      f"+- {final.get(stat + '_stderr', 0.0):.2f} per agent per episode")
+        if not summary["baselines"]:
+            lines.append("  no stored baselines (built-in games only): 'metta-agent eval' plays random beside the agent")
         for name, figures in summary["baselines"].items():
             value = figures.get(f"mean_{stat}")
             if value is not None:

@@ -208,6 +208,7 @@ def object_entry(config: MettaGridConfig, max_steps: int | None = None) -> GameE
     config = config.model_copy(deep=True)
     if max_steps is not None:
         config.game.max_steps = max_steps
+    # mettagrid's default label says nothing about the game: such a config is reported as "game".
     label = source_label(OBJECT_PREFIX + (config.label if config.label and config.label != "mettagrid" else "game"))
     config.label = label
     check_game(config, label)

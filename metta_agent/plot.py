@@ -82,7 +82,7 @@ class Run:
 
     @property
     def game(self) -> str | None:
-        return (self.config.get("game") or {}).get("name")
+        return config_game(self.config)
 
     @property
     def seed(self) -> int | None:
@@ -267,20 +267,39 @@ def _same_values(first: Series, second: Series) -> bool:
     return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(first.values, second.values))
 
 
+def config_game(config: dict[str, Any]) -> str | None:
+    """The game a run's config names: its source, or ``mixture``."""
+    game = config.get("game") or {}
+    return "mixture" if game.get("mixture") else game.get("name")
+
+
+def _primary_stat(rows: list[dict]) -> str | None:
+    """The stat a curve leads with: hearts when the game has them, else the game's first own stat (a custom
+    game's resource, e.g. ``gem``), else none (return only)."""
+    if any(_number(row.get("hearts")) is not None or _number(row.get("eval/hearts")) is not None for row in rows):
+        return "hearts"
+    for row in rows:
+        for key in row:
+            name = key.removeprefix("eval/")
+            if (key.startswith("eval/") and "/" not in name and not name.endswith("_stderr")
+                    and name not in ("return", "length", "seconds") and _number(row[key]) is not None):
+                return name
+    return None
+
+
 def learning_curve(rows: list[dict], config: dict[str, Any], run_name: str) -> LearningCurve:
     """The panels of a run's learning curve: the primary stat (hearts when the game has them, else return),
     and return in a second panel only when it differs from hearts (on the heart game they are the same)."""
-    game = (config.get("game") or {}).get("name")
+    game = config_game(config)
     full_length = full_episode_length(rows, config)
-    has_hearts = any(_number(row.get("hearts")) is not None or _number(row.get("eval/hearts")) is not None
-                     for row in rows)
-    stats = ["hearts", "return"] if has_hearts else ["return"]
+    primary = _primary_stat(rows)
+    stats = [primary, "return"] if primary else ["return"]
     panels = [Panel(stat, _eval_series(rows, stat), _training_series(rows, stat),
                     game_baselines(game, stat, full_length)) for stat in stats]
     if len(panels) == 2:
-        hearts, returns = panels
-        if _same_values(hearts.eval, returns.eval) and _same_values(hearts.training, returns.training):
-            panels = [hearts]
+        first, returns = panels
+        if _same_values(first.eval, returns.eval) and _same_values(first.training, returns.training):
+            panels = [first]
     eval_episodes = (config.get("trainer") or {}).get("eval_episodes")
     title = f"{run_name} - {game}" if game else run_name
     return LearningCurve(title, panels, cut_short_spans(rows, full_length), full_length, eval_episodes)

@@ -17,6 +17,7 @@ from metta_agent.env.mixture import GameMix
 from metta_agent.env.vecenv import VecEnv
 from metta_agent.game_source import GameEntry, RecordedGameWarning, fingerprint, load_game, record_games
 from metta_agent.games import make_game
+from metta_agent.plot import learning_curve
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gem_game.py"
 TINY = ["--steps", "512", "--set", "trainer.num_envs=2", "--set", "trainer.batch_size=256",
@@ -48,7 +49,9 @@ def test_factory_game_trains_records_and_evaluates_without_its_file(tmp_path, ge
     assert summary["game"] == "gem_game" and summary["baselines"] == {}
     recorded = run / "games" / "gem_game.json"
     assert fingerprint(load_game(str(recorded))) == fingerprint(load_game(f"{gem_file}:gem_game", 40))
-    assert "eval/gem" in rows(run)[-1]  # the game's own resource, logged and evaluated without code changes
+    assert "eval/gem" in rows(run)[-1]  # the game's own resource, logged, evaluated and plotted as it is
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert learning_curve(rows(run), config, "run").panels[0].stat == "gem" and (run / "curve.png").is_file()
     gem_file.unlink()
     assert main(["train", "--resume", "--run-dir", str(run), "--steps", "1024", "--quiet", "--json"]) == 0
     assert rows(run)[-1]["agent_steps"] == 1024

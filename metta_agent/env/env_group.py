@@ -22,6 +22,12 @@ both the map builder (its ``seed`` field, when it has one: mettagrid's ``Simulat
 seed to the map builder) and the C++ engine, in a new simulation per episode. Maps therefore differ per env
 and per episode, and a run is reproducible. The staggered cut-off of env ``e``'s first episode is drawn from
 ``(seed, e)`` too.
+
+Mixtures
+--------
+The group plays a :class:`GameMix`: in a mixture, each episode's game is drawn from ``(seed, e, k)`` by
+weight, and a game whose feature ids differ from the mixture's has its rows' tokens rewritten into the
+mixture's feature space after every step and at every episode start (``env/mixture.py``).
 """
 
 from __future__ import annotations
