@@ -129,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
                                        "it, else return)")
     plot.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
+    export = commands.add_parser(
+        "export",
+        help="write a mettagrid submission folder (policy_spec.json, cogames.toml, the agent)",
+        description=(
+            "Write DIR so that mettagrid's loader (load_policy_spec_from_path + initialize_or_load_policy) plays the\n"
+            "agent: policy_spec.json (full class path, data_path relative to DIR, the game's policy_env_interface),\n"
+            "the cogames.toml manifest and agent.pt (weights only). The metta_agent source is not bundled: the\n"
+            "folder loads where metta-agent is installed."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("path", type=Path, help="run directory (newest checkpoint) or checkpoint file")
+    export.add_argument("out", type=Path, metavar="DIR", help="folder to write (new or empty)")
+    export.add_argument("--game", help="the game the policy will play (default: the run's recorded game)")
+    export.add_argument("--json", action="store_true", help="print one JSON object")
+
     games = commands.add_parser("games", help="list the games")
     games.add_argument("--json", action="store_true", help="print JSON")
 
@@ -551,6 +567,18 @@ def _print_eval(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"  {len(result['replays'])} replays written to {args.replay_dir}/ (open them in MettaScope)")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from metta_agent.mettagrid_policy import export_submission
+
+    result = export_submission(args.path, args.out, args.game)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"exported {result['agent']} for {result['game']} to {result['folder']}/ (policy_spec.json, cogames.toml, "
+              f"agent.pt); load it where metta-agent is installed (the source is not bundled)")
+    return 0
+
+
 def cmd_games(args: argparse.Namespace) -> int:
     from metta_agent.games import GAME_NAMES, describe_game
 
@@ -704,7 +732,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "games": cmd_games, "bench": cmd_bench, "parity": cmd_parity,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "games": cmd_games, "bench": cmd_bench, "parity": cmd_parity,
             "agents": cmd_agents, "plot": cmd_plot, "sweep": cmd_sweep}
 
 

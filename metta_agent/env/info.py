@@ -1,8 +1,7 @@
 """What a policy needs to know about a game: features, actions, window geometry.
 
 This is also where metta-agent decides how a game's observation is presented to its policies, in two
-ways that differ import torch
-from mettagrid's own feature table (docs/design.md, "Observation encoding"; the
+ways that differ from mettagrid's own feature table (docs/design.md, "Observation encoding"; the
 measurements are in docs/learning.md):
 
 - **Object types one-hot.** mettagrid 0.26 reports a cell's object type as one ``tag`` feature whose value
@@ -50,13 +49,17 @@ class EnvInfo:
 
     @classmethod
     def from_game(cls, game: MettaGridConfig) -> "EnvInfo":
-        interface = PolicyEnvInterface.from_mg_cfg(game)
+        return cls.from_interface(PolicyEnvInterface.from_mg_cfg(game))
+
+    @classmethod
+    def from_interface(cls, interface: PolicyEnvInterface) -> "EnvInfo":
+        """From mettagrid's description of a game for policies (what its runners hand a policy)."""
         features = [Feature(int(f.id), f.name, _normalization(f.name, float(f.normalization)))
                     for f in interface.obs_features]
         if any(f.name == TAG_FEATURE for f in features):
             first_tag_id = max(f.id for f in features) + 1
             features += [Feature(first_tag_id + index, TAG_PREFIX + name, 1.0)
-                         for index, name in enumerate(game.game.id_map().tag_names())]
+                         for index, name in enumerate(interface.tags)]
         return cls(
             features=tuple(features),
             action_names=tuple(interface.action_names),
