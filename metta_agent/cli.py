@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "each game of a mixture in turn)")
     evaluate.add_argument("--max-steps", type=int,
                           help="episode length (default: the training run's for its game, else the game's own)")
+    evaluate.add_argument("--against", metavar="OTHER",
+                          help="head-to-head: seat OTHER in the same episodes, half the agents each (random, scripted, "
+                          "a run directory or checkpoint, mettagrid:NAME, or a full class path of a mettagrid policy)")
     evaluate.add_argument("--as-agent", metavar="NAME",
                           help="load the checkpoint as the other form of its architecture (fast <-> pytorch/fast)")
     evaluate.add_argument("--episodes", type=int, default=8, help="episodes per policy (default 8)")
@@ -502,6 +505,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         observers.append(AsciiRenderer(sys.stderr if args.json else sys.stdout, every=args.render_every,
                                        fps=args.render_fps))
+    if args.against is not None:
+        from metta_agent.head_to_head import describe, head_to_head
+
+        matches = [{"game": entry.label, **head_to_head(agent, agent.settings.name, args.against, entry.config,
+                                                        args.episodes, args.seed, greedy=args.greedy)}
+                   for entry in entries]
+        if args.json:
+            print(json.dumps(matches[0] if len(matches) == 1 else {"games": matches}))
+        else:
+            print("\n".join(f"on {match['game']}: {describe(match)}" for match in matches))
+        return 0
     results = []
     for entry in entries:
         # The scripted policy knows the built-in games' stations only.

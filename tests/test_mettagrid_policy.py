@@ -174,3 +174,31 @@ def test_bad_specs_and_mismatched_actions_are_one_line_errors(runs, tmp_path):
         initialize_or_load_policy(PolicyEnvInterface.from_mg_cfg(wider), spec(a))
     with pytest.raises(UsageError, match="unknown: colour"):
         initialize_or_load_policy(interface(), spec(a, colour="red"))
+
+
+def test_head_to_head_seats_alternate_between_episodes():
+    from metta_agent.head_to_head import seats
+
+    assert seats(2, 4).tolist() == [True, False, True, False, False, True, False, True]
+
+
+def test_eval_against_another_policy_in_the_same_episodes(runs, capsys):
+    a, b = runs
+    assert main(["eval", str(a), "--against", "mettagrid:noop", "--episodes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["policies"][1] == "mettagrid:noop"
+    assert result["second"]["hearts"]["mean"] == 0.0  # agents that never move never reach an altar
+    difference = result["difference"]["return"]
+    assert difference["mean"] == pytest.approx(result["first"]["return"]["mean"] - result["second"]["return"]["mean"])
+    assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+    for other in ("random", "scripted", str(b), "mettagrid.policy.random_agent.RandomMultiAgentPolicy"):
+        assert main(["eval", str(a), "--against", other, "--episodes", "2", "--json"]) == 0, other
+        assert set(json.loads(capsys.readouterr().out)["first"]) >= {"return", "hearts"}
+
+
+@pytest.mark.parametrize("other,message", [("nonsense", "unknown --against 'nonsense'"),
+                                           ("mettagrid:nosuch", "mettagrid policy 'nosuch' does not load")])
+def test_eval_against_bad_input_is_one_line_and_exit_code_2(runs, other, message, capsys):
+    assert main(["eval", str(runs[0]), "--against", other, "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
