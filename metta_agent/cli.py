@@ -342,7 +342,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(
                 f"{start}training {config.agent.name} ({trainer.agent.total_params:,} parameters) on "
                 f"{run_label(trainer.games)}: {trainer.num_agents} agents{ranks}, "
-                f"{config.trainer.total_agent_steps:,} steps "
+                f"{trainer.total_epochs * trainer.steps_per_epoch:,} steps ({trainer.total_epochs} epochs of "
+                f"{trainer.steps_per_epoch:,}) "
                 f"-> {run_dir}",
                 file=sys.stderr,
             )
@@ -397,7 +398,8 @@ def describe_run_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  final eval ({summary['eval_episodes']} episodes, fresh maps): {stat} {final[stat]:.2f} "
                      f"+- {final.get(stat + '_stderr', 0.0):.2f} per agent per episode")
         if not summary["baselines"]:
-            lines.append("  no stored baselines (built-in games only): 'metta-agent eval' plays random beside the agent")
+            lines.append("  no stored baselines (built-in games only): 'metta-agent eval' plays random beside "
+                         "the agent")
         for name, figures in summary["baselines"].items():
             value = figures.get(f"mean_{stat}")
             if value is not None:
@@ -588,8 +590,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"exported {result['agent']} for {result['game']} to {result['folder']}/ (policy_spec.json, cogames.toml, "
-              f"agent.pt); load it where metta-agent is installed (the source is not bundled)")
+        print(f"exported {result['agent']} for {result['game']} to {result['folder']}/ (policy_spec.json, "
+              f"cogames.toml, agent.pt); load it where metta-agent is installed (the source is not bundled)")
     return 0
 
 
@@ -640,7 +642,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from metta_agent.parity import ARCHITECTURES, check_architecture
+    from metta_agent.parity import ARCHITECTURES, PARITY_GAME, check_architecture
 
     names = list(ARCHITECTURES)
     if args.agent:
@@ -658,7 +660,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     else:
         for report in reports:
             status = "ok" if report.ok else "FAILED"
-            print(f"{report.agent}: {status}  ({report.params_component:,} parameters in each form)")
+            print(f"{report.agent}: {status}  ({report.params_component:,} parameters in each form on the "
+                  f"{PARITY_GAME} game; 'metta-agent agents --game GAME' counts them on another)")
             for check in report.checks:
                 mark = "ok" if check.ok else "FAIL"
                 print(f"  {mark:<4} {check.name:<26} diff {check.difference:.2e}  (tolerance {check.tolerance:.0e})"
@@ -684,11 +687,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
     rows = []
     for name in shipped_architectures():
         twin = pytorch_twin(name)
-        rows.append({"agent": name, "pytorch": twin, "params_component": params(name),
+        rows.append({"agent": name, "component": name, "pytorch": twin, "params_component": params(name),
                      "params_pytorch": params(twin) if twin else None})
     for name in sorted(PYTORCH_AGENTS):
         if not any(row["pytorch"] == name for row in rows):
-            rows.append({"agent": name, "pytorch": name, "params_component": None, "params_pytorch": params(name)})
+            rows.append({"agent": name, "component": None, "pytorch": name, "params_component": None,
+                         "params_pytorch": params(name)})
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -696,7 +700,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
     for row in rows:
         component = f"{row['params_component']:,}" if row["params_component"] else "-"
         pytorch = f"{row['params_pytorch']:,}" if row["params_pytorch"] else "-"
-        print(f"  {row['agent']:<26} component {component:>10}   {row['pytorch'] or '-':<28} {pytorch:>10}")
+        print(f"  {row['component'] or '-':<26} component {component:>10}   {row['pytorch'] or '-':<28} {pytorch:>10}")
     return 0
 
 
@@ -746,8 +750,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "games": cmd_games, "bench": cmd_bench, "parity": cmd_parity,
-            "agents": cmd_agents, "plot": cmd_plot, "sweep": cmd_sweep}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "games": cmd_games, "bench": cmd_bench,
+            "parity": cmd_parity, "agents": cmd_agents, "plot": cmd_plot, "sweep": cmd_sweep}
 
 
 if __name__ == "__main__":

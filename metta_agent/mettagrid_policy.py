@@ -190,7 +190,7 @@ def export_submission(path: str | Path, out_dir: str | Path, game: str | None = 
     )
 
     from metta_agent.agent.loading import load_agent
-    from metta_agent.checkpoint import load_checkpoint, save_checkpoint
+    from metta_agent.checkpoint import load_checkpoint
     from metta_agent.game_source import games_from_metadata, load_game
 
     out = Path(out_dir)

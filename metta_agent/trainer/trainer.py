@@ -169,7 +169,8 @@ class Trainer:
         points this way and may stop early: closing the generator saves a checkpoint, as the end does)."""
         cfg = self.config.trainer
         self._open_logs()
-        progress = Progress(cfg.total_agent_steps, enabled=self.show_progress and self.world.is_main)
+        # Whole epochs: the run ends at the first epoch boundary at or past total_agent_steps.
+        progress = Progress(self.total_epochs * self.steps_per_epoch, enabled=self.show_progress and self.world.is_main)
         previous_handler = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._request_stop)
         try:
