@@ -108,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write one MettaScope replay (.json.z) per episode of the trained agent into DIR")
     evaluate.add_argument("--render", choices=["ascii"],
                           help="print the map of the agent's first env as its episode runs")
+    evaluate.add_argument("--gif", type=Path, metavar="FILE",
+                          help="draw the agent's first episode (env 0) into FILE: an animated .gif, or a .png strip "
+                          f"of frames spread over the episode, with a legend")
     evaluate.add_argument("--render-every", type=int, default=1, metavar="K",
-                          help="with --render, draw every K-th step only (default 1)")
+                          help="with --render or --gif, draw every K-th step only (default 1)")
     evaluate.add_argument("--render-fps", type=float, default=10.0,
                           help="with --render on a terminal, at most this many frames per second (default 10)")
     evaluate.add_argument("--json", action="store_true",
@@ -518,6 +521,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             print("\n".join(f"on {match['game']}: {describe(match)}" for match in matches))
         return 0
+    picture = None
+    if args.gif is not None:
+        from metta_agent.render import EpisodeImage
+
+        if args.gif.suffix.lower() not in (".gif", ".png"):
+            raise UsageError(f"--gif takes a .gif or .png file, got '{args.gif}'")
+        if len(entries) > 1:
+            raise UsageError("--gif draws one game: choose it with --game (this run trained on a mixture)")
+        picture = EpisodeImage(args.gif, every=args.render_every, fps=args.render_fps)
+        observers.append(picture)
     results = []
     for entry in entries:
         # The scripted policy knows the built-in games' stations only.
@@ -528,11 +541,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not entry.builtin:
             result["scripted"] = "not available: the scripted baseline plays the built-in games only"
         results.append(result)
+    if picture is not None:
+        results[0]["picture"] = str(args.gif)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else {"agent": agent.settings.name, "games": results}))
         return 0
     for result in results:
         _print_eval(result, args)
+    if picture is not None:
+        print(f"  episode of env 0 drawn to {args.gif} ({picture.frames} frames)")
     return 0
 
 

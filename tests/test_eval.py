@@ -240,6 +240,25 @@ def test_render_ascii_prints_frames_with_walls_and_agents(heart_component_run, c
     assert sum(line.startswith("step ") for line in captured.err.splitlines()) == 5
 
 
+def test_gif_and_png_strip_draw_the_agents_episode(heart_component_run, capsys, tmp_path):
+    from PIL import Image
+
+    report = eval_json(capsys, heart_component_run, "--episodes", "1", "--max-steps", "10", "--gif",
+                       tmp_path / "episode.gif", "--render-every", "5")
+    assert report["picture"] == str(tmp_path / "episode.gif")
+    with Image.open(tmp_path / "episode.gif") as gif:
+        assert gif.n_frames == 3  # steps 0, 5 and 10
+        frame = gif.convert("RGB")
+        # The 17x17 map (border included) in 10-pixel cells under a 16-pixel header, then the legend.
+        assert frame.width >= 170 and frame.height > 16 + 170
+        assert frame.getpixel((5, 16 + 5)) == (64, 64, 64)  # the corner cell is wall
+    run_eval(capsys, heart_component_run, "--episodes", "1", "--max-steps", "10", "--gif", tmp_path / "strip.png")
+    with Image.open(tmp_path / "strip.png") as strip:
+        assert strip.width > 8 * 170  # eight frames side by side
+    assert main(["eval", str(heart_component_run), "--gif", str(tmp_path / "x.jpg")]) == 2
+    assert "--gif takes a .gif or .png" in capsys.readouterr().err
+
+
 def test_render_symbols():
     from metta_agent.render import agent_symbol, object_symbols, render_grid
 
