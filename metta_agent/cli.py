@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file with sections agent, game, trainer")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key by dotted path, e.g. trainer.bptt_horizon=16 (repeatable)")
+    train.add_argument("--wandb", action="store_true",
+                       help="also log to Weights & Biases (trainer.wandb; needs pip install 'metta-agent[wandb]'; "
+                       "offline under the run directory unless an API key is set)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--json", action="store_true",
                        help="at the end print one JSON line (run directory, final eval, baselines) instead of the summary")
@@ -297,6 +300,8 @@ def resolve_run_config(args: argparse.Namespace):
         flags.setdefault("trainer", {})["seed"] = args.seed
     if getattr(args, "device", None) is not None:
         flags.setdefault("trainer", {})["device"] = args.device
+    if getattr(args, "wandb", False):
+        flags.setdefault("trainer", {})["wandb"] = True
     layers.append(flags)
     layers.append(parse_set(args.set))
     return build_config(layers)
@@ -308,7 +313,8 @@ def resume_run_config(args: argparse.Namespace):
     from metta_agent.trainer import resume
 
     given = [flag for flag in resume.FIXED_FLAGS if getattr(args, flag, None) is not None]
-    return resume.resume_config(args.run_dir, given, args.set, args.steps, getattr(args, "device", None))
+    sets = [*args.set, *(["trainer.wandb=true"] if getattr(args, "wandb", False) else [])]
+    return resume.resume_config(args.run_dir, given, sets, args.steps, getattr(args, "device", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -95,6 +95,10 @@ class TrainerSettings:
     seed: int = 0
     device: str = "cpu"
     """``cpu``, or ``cuda`` (each rank its local GPU) / ``cuda:N``: where the policy and the update run."""
+    wandb: bool = False
+    """Also log to Weights & Biases (optional dependency; offline without an API key: trainer/wandb_log.py)."""
+    wandb_project: str = "metta-agent"
+    """The W&B project; the W&B run is named after the run directory."""
     torch_threads: int = 0
     """Intra-op threads for torch; 0 lets torch decide (with several ranks: an equal share of the cores)."""
     compile: bool = False

@@ -169,7 +169,8 @@ class EpisodeImage(EpisodeFollower):
         self.images: list[Any] = []
 
     def start(self, env: VecEnv) -> None:
-        names = [name for name in env.engine(self.env_index).object_type_names if name and name not in ("agent", "wall")]
+        names = [name for name in env.engine(self.env_index).object_type_names
+                 if name and name not in ("agent", "wall")]
         self._colours = {name: _OBJECT_RGB[k % len(_OBJECT_RGB)] for k, name in enumerate(dict.fromkeys(names))}
         super().start(env)
 

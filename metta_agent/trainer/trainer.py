@@ -192,13 +192,18 @@ class Trainer:
             if self._stop_requested:
                 progress.note("interrupted: saving a checkpoint")
             self.save_checkpoint()
+            if self.run_dir is not None and self.world.is_main:
+                from metta_agent.plot import plot_learning_curve
+
+                curve = plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
+                if self._run_log is not None:
+                    evaluated = [row for row in self.state.history if "eval/return" in row]
+                    final = {k.removeprefix("eval/"): v for k, v in evaluated[-1].items()
+                             if k.startswith("eval/")} if evaluated else None
+                    self._run_log.finish(curve, final)
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             self.close()
-        if self.run_dir is not None and self.world.is_main:
-            from metta_agent.plot import plot_learning_curve
-
-            plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
 
     def close(self) -> None:
         """Release the environments, the logs and the run directory's writer lock (``train()`` does this at its
