@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="take the most probable action (default: sample from the policy)")
     evaluate.add_argument("--replay-dir", type=Path, metavar="DIR",
                           help="write one MettaScope replay (.json.z) per episode of the trained agent into DIR")
-    evaluate.add_argument("--render", choices=["ascii"],
-                          help="print the map of the agent's first env as its episode runs")
+    evaluate.add_argument("--render", choices=["ascii", "unicode"],
+                          help="ascii: print the map of the agent's first env as its episode runs (any output: a "
+                          "file, a log, CI); unicode: mettagrid's interactive viewer (miniscope) for one episode, "
+                          "in a terminal only (it starts paused: space plays, ? shows its keys)")
     evaluate.add_argument("--gif", type=Path, metavar="FILE",
                           help="draw the agent's first episode (env 0) into FILE: an animated .gif, or a .png strip "
                           f"of frames spread over the episode, with a legend")
@@ -511,6 +513,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     entries = _eval_games(metadata, args.game, args.max_steps)
     agent = load_agent(args.path, as_agent=args.as_agent)
     observers = []
+    if args.render == "unicode":
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UsageError("--render unicode is mettagrid's interactive viewer (it starts paused and reads keys): it "
+                             "needs a terminal on stdin and stdout; use --render ascii or --gif otherwise")
+        if len(entries) > 1:
+            raise UsageError("--render unicode plays one game: choose it with --game (this run trained on a mixture)")
+        from metta_agent.mettagrid_policy import play_interactive
+
+        rewards = play_interactive(args.path, entries[0].config, args.seed, greedy=args.greedy)
+        print(f"episode over: mean return {sum(rewards) / len(rewards):.2f} per agent")
+        return 0
     if args.render == "ascii":
         from metta_agent.render import AsciiRenderer
 

@@ -219,3 +219,19 @@ def export_submission(path: str | Path, out_dir: str | Path, game: str | None = 
         encoding="utf-8")
     return {"folder": str(out), "class_path": CLASS_PATH, "data_path": AGENT_FILE, "agent": agent.settings.name,
             "game": config.label, "source_bundled": False}
+
+
+def play_interactive(path: str | Path, game, seed: int = 0, greedy: bool = False) -> list[float]:
+    """One episode of the agent in mettagrid's terminal viewer (miniscope), through mettagrid's own runner; the
+    agents' episode returns."""
+    from mettagrid.policy.loader import initialize_or_load_policy
+    from mettagrid.policy.policy_spec import PolicySpec
+    from mettagrid.runner.rollout import single_episode_rollout
+
+    interface = PolicyEnvInterface.from_mg_cfg(game)
+    policy = initialize_or_load_policy(interface, PolicySpec(class_path=CLASS_PATH, data_path=str(path),
+                                                             init_kwargs={"greedy": greedy, "seed": seed}))
+    result, _ = single_episode_rollout([policy], [0] * interface.num_agents, game, seed=seed,
+                                       max_action_time_ms=60_000, render_mode="unicode", autostart=False,
+                                       capture_replay=False)
+    return [float(r) for r in result.rewards]

@@ -202,3 +202,50 @@ def test_eval_against_bad_input_is_one_line_and_exit_code_2(runs, other, message
     assert main(["eval", str(runs[0]), "--against", other, "--episodes", "2"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_render_unicode_plays_in_a_terminal_and_refuses_without_one(runs, tmp_path, capsys):
+    """mettagrid's viewer under a pseudo-terminal: it starts paused, a space starts it, the episode ends."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    a, _ = runs
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "metta_agent.cli", "eval", str(a), "--render", "unicode",
+                                "--max-steps", "5"], stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    output = b""
+    played = False
+    deadline = time.monotonic() + 300  # a failsafe only: the loop ends when the process does
+    while process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                output += os.read(leader, 65536)
+            except OSError:
+                break
+        if not played and b"PAUSED" in output:
+            os.write(leader, b" ")  # the viewer starts paused: a space plays
+            played = True
+    process.wait(timeout=60)
+    while True:  # what is left in the terminal
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.returncode == 0, output[-2000:]
+    assert b"episode over: mean return" in output
+    # Without a terminal: one line, exit code 2 (capsys replaces stdin and stdout).
+    assert main(["eval", str(a), "--render", "unicode"]) == 2
+    assert "needs a terminal" in capsys.readouterr().err
