@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "in a terminal only (it starts paused: space plays, ? shows its keys)")
     evaluate.add_argument("--gif", type=Path, metavar="FILE",
                           help="draw the agent's first episode (env 0) into FILE: an animated .gif, or a .png strip "
-                          f"of frames spread over the episode, with a legend")
+                          "of frames spread over the episode, with a legend")
     evaluate.add_argument("--render-every", type=int, default=1, metavar="K",
                           help="with --render or --gif, draw every K-th step only (default 1)")
     evaluate.add_argument("--render-fps", type=float, default=10.0,

@@ -13,6 +13,18 @@ from rich.progress import Progress as RichProgress
 PLAIN_INTERVAL_SECONDS = 10.0
 
 
+class _Remaining(TimeRemainingColumn):
+    """rich's time remaining, which needs a speed: until the first epoch has ended it says so instead of
+    showing ``-:--:--``."""
+
+    def render(self, task):
+        if task.speed is None and not task.finished:
+            from rich.text import Text
+
+            return Text("after the first epoch", style="progress.remaining")
+        return super().render(task)
+
+
 class Progress:
     def __init__(self, total_steps: int, enabled: bool = True):
         self.total_steps = total_steps
@@ -32,7 +44,7 @@ class Progress:
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
-                TimeRemainingColumn(),
+                _Remaining(),
                 console=self.console,
             )
             self._bar.__enter__()
