@@ -95,6 +95,9 @@ class TrainerSettings:
     seed: int = 0
     device: str = "cpu"
     """``cpu``, or ``cuda`` (each rank its local GPU) / ``cuda:N``: where the policy and the update run."""
+    kickstart: dict[str, Any] | None = None
+    """``{teachers: [{path, action_loss_coef, value_loss_coef}], anneal_steps}``: learn from teacher checkpoints
+    too (trainer/kickstart.py)."""
     wandb: bool = False
     """Also log to Weights & Biases (optional dependency; offline without an API key: trainer/wandb_log.py)."""
     wandb_project: str = "metta-agent"
@@ -191,6 +194,10 @@ class RunConfig:
             )
         if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
             raise UsageError(f"trainer.device must be cpu, cuda or cuda:N, got '{t.device}'")
+        if t.kickstart is not None:
+            from metta_agent.trainer.kickstart import parse
+
+            parse(t.kickstart)
         compile_modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if t.compile_mode not in compile_modes:
             raise UsageError(f"trainer.compile_mode must be one of {', '.join(compile_modes)}, got '{t.compile_mode}'")

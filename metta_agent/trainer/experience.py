@@ -33,7 +33,9 @@ class Experience:
         obs_shape: tuple[int, int],
         lstm_shape: tuple[int, int],
         device: torch.device,
+        extra: dict[str, tuple[int, ...]] | None = None,
     ):
+        """``extra``: more float entries per agent step, by key and trailing shape (the kickstart teachers')."""
         if steps % bptt:
             raise ValueError(f"rollout length {steps} must be a multiple of bptt_horizon {bptt}")
         self.num_agents, self.steps, self.bptt = num_agents, steps, bptt
@@ -55,6 +57,7 @@ class Experience:
                 keys.LSTM_C: zeros(*lstm_shape),
                 keys.ADVANTAGES: zeros(),
                 keys.RETURNS: zeros(),
+                **{key: zeros(*trailing) for key, trailing in (extra or {}).items()},
             },
             batch_size=shape,
             device=device,
@@ -66,6 +69,10 @@ class Experience:
         """Record the policy's inputs and outputs of rollout step ``t`` for agent ``rows`` (all by default)."""
         for key in STEP_KEYS:
             self.data[key][rows, t].copy_(step[key])
+
+    def store_extra(self, t: int, values: dict[str, torch.Tensor], rows: slice = slice(None)) -> None:
+        for key, value in values.items():
+            self.data[key][rows, t].copy_(value)
 
     def store_outcome(
         self, t: int, rewards: torch.Tensor, next_starts: torch.Tensor, rows: slice = slice(None)

@@ -23,13 +23,15 @@ class LossParts:
     ratio_mean: float
     ratio_max_dev: float
     l2_init_loss: float
+    extra: dict[str, float]
 
 
-def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings, forward=None) -> LossParts:
+def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings, forward=None, kickstart=None) -> LossParts:
     """Re-score the minibatch's stored actions with the current weights and build the clipped PPO loss.
 
     ``forward`` scores the minibatch (default: ``agent``); data-parallel training passes the agent's DDP
-    wrapper, whose backward averages the gradients over the ranks."""
+    wrapper, whose backward averages the gradients over the ranks. ``kickstart``: ``(Kickstarter, agent
+    steps)`` adds the teachers' terms."""
     old_log_prob = minibatch[keys.ACT_LOG_PROB].clone()
     old_values = minibatch[keys.VALUES].clone()
     returns = minibatch[keys.RETURNS]
@@ -50,6 +52,11 @@ def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings, forward=None) -
     if cfg.l2_init_loss_coef > 0:
         l2_init = agent.l2_init_loss()
         loss = loss + cfg.l2_init_loss_coef * l2_init
+    extra: dict[str, float] = {}
+    if kickstart is not None:
+        teachers, agent_steps = kickstart
+        teacher_loss, extra = teachers.loss(scored, minibatch, agent_steps)
+        loss = loss + teacher_loss
     with torch.no_grad():
         return LossParts(
             loss=loss,
@@ -61,6 +68,7 @@ def ppo_loss(agent, minibatch: TensorDict, cfg: TrainerSettings, forward=None) -
             ratio_mean=float(ratio.mean()),
             ratio_max_dev=float((ratio - 1).abs().max()),
             l2_init_loss=float(l2_init),
+            extra=extra,
         )
 
 

@@ -126,9 +126,14 @@ class Trainer:
         self.row_groups = self.env.worker_row_groups(2) if cfg.overlap else [slice(0, self.num_agents)]
         self.steps_per_epoch = cfg.batch_size * self.world.world_size
         self.rollout_steps = cfg.batch_size // self.num_agents
+        self.kickstarter = None
+        if cfg.kickstart is not None:
+            from metta_agent.trainer.kickstart import Kickstarter
+
+            self.kickstarter = Kickstarter(cfg.kickstart, self.env_info, self.device)
         self.experience = Experience(
             self.num_agents, self.rollout_steps, cfg.bptt_horizon, self.env.obs_shape, self.agent.lstm_shape,
-            self.device,
+            self.device, extra=self.kickstarter.buffer_keys() if self.kickstarter is not None else None,
         )
         self.optimizer = torch.optim.Adam(
             self.agent.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
@@ -279,12 +284,15 @@ class Trainer:
         """``rollout_steps`` steps of every agent. With ``trainer.overlap`` the rows form two groups: while the
         policy acts for one group, the other group's workers step its envs (double buffering)."""
         experience = self.experience
+        teachers = self._teachers_now()
         for t in range(self.rollout_steps):
             for group, rows in enumerate(self.row_groups):
                 if t > 0:
                     self._receive_env_step(t - 1, group)
                 step = self.policy_step(self._observations[group], self._starts[rows], rows)
                 experience.store(t, step, rows)
+                if teachers is not None:
+                    experience.store_extra(t, teachers.observe(step), rows)
                 self.env.step_async(step[keys.ACTIONS].cpu().numpy(), rows)
         for group in range(len(self.row_groups)):
             self._receive_env_step(self.rollout_steps - 1, group)
@@ -295,6 +303,12 @@ class Trainer:
         cfg = self.config.trainer
         experience.compute_advantages(bootstrap, cfg.gamma, cfg.gae_lambda)
         return self.env.pop_episode_stats()
+
+    def _teachers_now(self):
+        """The kickstart teachers while their coefficients last (counted from the run's step 0), else None."""
+        if self.kickstarter is None or not self.kickstarter.active(self.state.agent_steps):
+            return None
+        return self.kickstarter
 
     def continue_from(self, observations: np.ndarray, starts: np.ndarray) -> None:
         """Act next on these observations of every agent row and their episode-start flags: after ``env.reset()``,
@@ -345,9 +359,11 @@ class Trainer:
         totals: dict[str, float] = {}
         count = 0
         ratio_dev_before_update = None
+        teachers = self._teachers_now()
+        kickstart = (teachers, self.state.agent_steps) if teachers is not None else None
         for _ in range(cfg.update_epochs):
             for minibatch in self.experience.minibatches(segments_per_minibatch, self.minibatch_generator):
-                parts = ppo_loss(self.agent, minibatch, cfg, forward=self.train_forward)
+                parts = ppo_loss(self.agent, minibatch, cfg, forward=self.train_forward, kickstart=kickstart)
                 if ratio_dev_before_update is None:
                     ratio_dev_before_update = parts.ratio_max_dev
                 self.optimizer.zero_grad(set_to_none=True)
@@ -369,6 +385,7 @@ class Trainer:
                     ("importance_ratio", parts.ratio_mean),
                     ("l2_init_loss", parts.l2_init_loss),
                     ("grad_norm", float(grad_norm)),
+                    *parts.extra.items(),
                 ):
                     totals[name] = totals.get(name, 0.0) + value
                 count += 1
