@@ -375,11 +375,10 @@ def run_summary(run_dir: Path, config, state, world_size: int, games) -> dict[st
     """The end of a run in numbers: its last eval beside the game's stored baselines (built-in games only)."""
     from metta_agent.baselines import stored_baselines
     from metta_agent.game_source import run_label
+    from metta_agent.trainer.trainer import last_eval
 
     last = state.history[-1] if state.history else {}
-    evaluated = [row for row in state.history if "eval/return" in row]
-    final_eval = {key.removeprefix("eval/"): value for key, value in evaluated[-1].items()
-                  if key.startswith("eval/")} if evaluated else None
+    final_eval = last_eval(state.history)
     baselines = stored_baselines(games[0].source) if len(games) == 1 and games[0].builtin else {}
     curve = Path(run_dir) / "curve.png"
     return {
@@ -587,16 +586,8 @@ def _eval_games(metadata: dict[str, Any], source: str | None, max_steps: int | N
         steps = max_steps or metadata.get("config", {}).get("game", {}).get("max_steps")
         return [GameEntry(name, name, 1.0, load_game(name, steps))]
     if max_steps is not None:
-        # A built-in game is rebuilt (its restock events run to the episode end); another game is cut shorter.
-        recorded = [GameEntry(e.source, e.label, e.weight, load_game(e.source, max_steps)) if e.builtin
-                    else _with_max_steps(e, max_steps) for e in recorded]
+        recorded = [entry.with_max_steps(max_steps) for entry in recorded]
     return recorded
-
-
-def _with_max_steps(entry, max_steps: int):
-    config = entry.config.model_copy(deep=True)
-    config.game.max_steps = max_steps
-    return type(entry)(entry.source, entry.label, entry.weight, config)
 
 
 def _print_eval(result: dict[str, Any], args: argparse.Namespace) -> None:

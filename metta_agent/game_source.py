@@ -58,6 +58,14 @@ class GameEntry:
     def builtin(self) -> bool:
         return self.source in GAME_NAMES
 
+    def with_max_steps(self, max_steps: int) -> "GameEntry":
+        """The same game with episodes of ``max_steps``: a built-in game is rebuilt (its restock events run to the
+        episode end), another one has its length set."""
+        config = (make_game(self.source, max_steps=max_steps) if self.builtin
+                  else with_episode_length(self.config.model_copy(deep=True), max_steps))
+        config.label = self.label
+        return GameEntry(self.source, self.label, self.weight, config)
+
 
 class RecordedGameWarning(UserWarning):
     """A run's game source no longer gives the game the run recorded (the recorded one is used)."""
@@ -94,10 +102,16 @@ def load_game(source: str, max_steps: int | None = None) -> MettaGridConfig:
     else:
         raise UsageError(f"unknown game '{source}'; a game is {SOURCE_HELP}")
     if max_steps is not None:
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
-        config.game.max_steps = max_steps
+        with_episode_length(config, max_steps)
     config.label = source_label(source)
+    return config
+
+
+def with_episode_length(config: MettaGridConfig, max_steps: int) -> MettaGridConfig:
+    """Set a user's game's episode length (in place; checked)."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+    config.game.max_steps = max_steps
     return config
 
 
@@ -207,7 +221,7 @@ def object_entry(config: MettaGridConfig, max_steps: int | None = None) -> GameE
         raise UsageError(f"game must be a MettaGridConfig or a game source string, got {type(config).__name__}")
     config = config.model_copy(deep=True)
     if max_steps is not None:
-        config.game.max_steps = max_steps
+        with_episode_length(config, max_steps)
     # mettagrid's default label says nothing about the game: such a config is reported as "game".
     label = source_label(OBJECT_PREFIX + (config.label if config.label and config.label != "mettagrid" else "game"))
     config.label = label

@@ -22,6 +22,7 @@ from mettagrid.config.mettagrid_config import MettaGridConfig
 
 from metta_agent.errors import UsageError, first_line
 from metta_agent.evaluate import BASELINES, AgentActor, baseline_actor, run_episodes, standard_error
+from metta_agent.games import GAME_NAMES
 
 # Student's t 0.975 quantiles by degrees of freedom (beyond the table, the normal 1.96).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -94,7 +95,7 @@ def opponent(spec: str, game: MettaGridConfig, episodes: int, rows: np.ndarray, 
 
     agents = EnvInfo.from_game(game).agents_per_env * episodes
     if spec in BASELINES:
-        if spec == "scripted" and game.label not in _builtin_games():
+        if spec == "scripted" and game.label not in GAME_NAMES:
             raise UsageError("--against scripted needs a built-in game: the scripted policy knows their stations only")
         return spec, baseline_actor(spec, game, agents, seed + 1)
     dotted = "." in spec and all(part.isidentifier() for part in spec.split("."))
@@ -108,12 +109,6 @@ def opponent(spec: str, game: MettaGridConfig, episodes: int, rows: np.ndarray, 
         return f"{agent.settings.name} ({spec})", AgentActor(agent, seed + 1, greedy)
     raise UsageError(f"unknown --against '{spec}': give random, scripted, a run directory or checkpoint, "
                      "mettagrid:NAME or a full class path")
-
-
-def _builtin_games() -> tuple[str, ...]:
-    from metta_agent.games import GAME_NAMES
-
-    return GAME_NAMES
 
 
 def head_to_head(agent, name: str, other: str, game: MettaGridConfig, episodes: int, seed: int = 0,

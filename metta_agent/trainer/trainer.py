@@ -202,10 +202,7 @@ class Trainer:
 
                 curve = plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png")
                 if self._run_log is not None:
-                    evaluated = [row for row in self.state.history if "eval/return" in row]
-                    final = {k.removeprefix("eval/"): v for k, v in evaluated[-1].items()
-                             if k.startswith("eval/")} if evaluated else None
-                    self._run_log.finish(curve, final)
+                    self._run_log.finish(curve, last_eval(self.state.history))
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             self.close()
@@ -451,6 +448,14 @@ class Trainer:
             return None
         metadata, tensors = resume.trainer_checkpoint(self)
         return save_checkpoint(path, metadata, tensors, keep=self.config.trainer.keep_checkpoints)
+
+
+def last_eval(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's last in-training eval point as ``{stat: value}`` (``eval/`` dropped), or None if none ran."""
+    evaluated = [row for row in history if "eval/return" in row]
+    if not evaluated:
+        return None
+    return {key.removeprefix("eval/"): value for key, value in evaluated[-1].items() if key.startswith("eval/")}
 
 
 def _summarize_episodes(episodes: list[dict[str, float]]) -> dict[str, Any]:
