@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,3 +119,25 @@ def test_a_teacher_must_know_the_games_actions(tmp_path, capsys):
                  "anneal_steps: 10}"])
     err = capsys.readouterr().err
     assert code == 2 and "kickstart teacher 0" in err and "move_west" in err, err
+
+
+def test_two_ranks_train_with_a_teacher(teacher, tmp_path):
+    """Each rank runs its own copy of the teacher on its own envs; the kickstart terms enter the averaged
+    gradient, so the replicas stay identical, and rank 0 logs the teachers' figures."""
+    run_dir = tmp_path / "run"
+    setting = (f"trainer.kickstart={{teachers: [{{path: {teacher}, action_loss_coef: 1.0, value_loss_coef: 0.5}}], "
+               "anneal_steps: 3072}")
+    done = subprocess.run(
+        [sys.executable, "-m", "metta_agent.cli", "train", "--nproc-per-node", "2", "--game", "heart",
+         "--set", "trainer.num_envs=4", "--set", "trainer.batch_size=1024", "--set", "trainer.minibatch_size=512",
+         "--set", "trainer.bptt_horizon=16", "--set", setting, "--steps", "4096", "--run-dir", str(run_dir),
+         "--quiet", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["agent_steps"] for row in rows] == [2048, 4096]
+    assert [row["replica_divergence"] for row in rows] == [0.0, 0.0]
+    # The anneal counts both ranks' steps: epoch 2 trains from agent step 2048 of 3072.
+    assert [row["kickstart/factor"] for row in rows] == pytest.approx([1.0, 1 / 3])
+    assert all(row["kickstart/0/action_loss"] > 0 and row["kickstart/0/value_loss"] > 0 for row in rows)
