@@ -35,6 +35,10 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
     rank, so twice the agent steps per epoch), after the repeats: the median of its own ``sps`` (counted over
     both ranks) over every epoch but the first two.
 
+``peak_rss_mb`` / ``experience_mb`` (and ``peak_rss_mb_2ranks`` with ``ranks=2``)
+    Memory: the benchmark process's peak resident set (every trainer it built, the Python runtime and torch
+    included), the experience buffer's own tensors, and the largest rank process's peak resident set.
+
 ``serial_bound = 1 / (1/env_sps + 1/inference_sps + 1/train_step_sps)`` is what an epoch would reach if it
 did nothing but these three pieces one after another; ``bound_ratio = train_sps / serial_bound`` says how
 much of that the real loop achieves (below 1: per-step overhead outside the pieces, such as building tensors
@@ -55,6 +59,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -119,9 +124,16 @@ def run_benchmark(
         for other in (twin, flipped):
             if other is not None:
                 other.env.close()
+    result["peak_rss_mb"] = _peak_rss_mb(resource.RUSAGE_SELF)
     if ranks > 1:
         result[f"train_sps_{ranks}ranks"] = _measure_ranks(config, ranks, epochs * repeats, say)
+        # The ranks are this process's only waited-for descendants: the largest one's peak.
+        result[f"peak_rss_mb_{ranks}ranks"] = _peak_rss_mb(resource.RUSAGE_CHILDREN)
     return result
+
+
+def _peak_rss_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports kilobytes
 
 
 def _measure(
@@ -238,6 +250,7 @@ def _measure(
         "lstm_kernel": _lstm_kernel(trainer),
         "epochs": int(epochs),
         "repeats": int(repeats),
+        "experience_mb": sum(t.numel() * t.element_size() for t in data.values(True, True)) / 2**20,
     }
     for name, values in samples.items():
         if values:

@@ -58,6 +58,11 @@ def test_config_figures(tiny_result):
     assert result["num_agents"] == 16
     assert result["rollout_steps"] == 64
     assert result["epochs"] == 1 and result["repeats"] == 1
+    # The buffer holds at least each agent step's observation (200 tokens x 3 bytes); 2,677 bytes today, with
+    # the recurrent state stored at every step.
+    per_step = result["experience_mb"] * 2**20 / result["batch_size"]
+    assert 600 < per_step < 4000, per_step
+    assert result["peak_rss_mb"] > result["experience_mb"]
     assert any("warm-up" in message for message in messages)
     assert any("repeat 1/1" in message for message in messages)
 
