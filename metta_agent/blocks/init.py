@@ -5,6 +5,8 @@ import math
 import torch
 from torch import nn
 
+from metta_agent.blocks.conv import Conv2d
+
 
 def orthogonal_(layer: nn.Module, gain: float = 1.0) -> nn.Module:
     nn.init.orthogonal_(layer.weight, gain)
@@ -18,7 +20,7 @@ def linear(in_features: int, out_features: int, gain: float = 1.0) -> nn.Linear:
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, gain: float = 1.0) -> nn.Conv2d:
-    return orthogonal_(nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride), gain)
+    return orthogonal_(Conv2d(in_channels, out_channels, kernel_size, stride=stride), gain)
 
 
 SQRT2 = math.sqrt(2.0)

@@ -1,6 +1,7 @@
 import math
 
 import torch
+from torch import nn
 
 from metta_agent.blocks.heads import Actor, Critic
 from metta_agent.blocks.observation import ObsNormalizer, TokenToBox
@@ -79,3 +80,25 @@ def test_fast_parameter_counts_match_the_reference():
     assert count(fast) == 574_978
     assert count(fast.core) == 264_192
     assert count(fast.critic) + count(fast.actor) == 208_962
+
+
+def test_a_convolution_with_one_output_position_runs_as_a_matrix_product_with_the_same_numbers():
+    from metta_agent.blocks.conv import Conv2d
+
+    torch.manual_seed(0)
+    ours = Conv2d(64, 32, 3)
+    reference = nn.Conv2d(64, 32, 3)
+    reference.load_state_dict(ours.state_dict())
+    for shape in ((50, 64, 3, 3), (7, 64, 5, 4)):  # one output position (the matrix product), then 3x2 (conv)
+        x = torch.randn(shape, requires_grad=True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        out, want = ours(x), reference(x_ref)
+        assert out.shape == want.shape
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        out.square().sum().backward()
+        want.square().sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-4)
+        ours.zero_grad()
+        reference.zero_grad()

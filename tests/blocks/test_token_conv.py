@@ -40,7 +40,7 @@ def blocks(kernel: int, stride: int, features: int = 0, seed: int = 0):
     return box, normalizer, conv
 
 
-@pytest.mark.parametrize("kernel,stride", [(5, 3), (3, 1), (2, 2)])
+@pytest.mark.parametrize("kernel,stride", [(5, 3), (3, 1), (2, 2), (4, 3)])
 def test_token_conv_matches_the_dense_path_with_gradients(kernel, stride):
     tokens = arena_tokens()
     box, normalizer, conv = blocks(kernel, stride)
