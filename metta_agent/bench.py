@@ -37,7 +37,9 @@ trainer's *own* code in four pieces, all counted in agent steps per second:
 
 ``peak_rss_mb`` / ``experience_mb`` (and ``peak_rss_mb_2ranks`` with ``ranks=2``)
     Memory: the benchmark process's peak resident set (every trainer it built, the Python runtime and torch
-    included), the experience buffer's own tensors, and the largest rank process's peak resident set.
+    included), the experience buffer's own tensors, and the largest process's peak resident set (``VmHWM``,
+    read from /proc while the 2-rank run lives: a child's own accounting would start from this process's
+    size at the fork).
 
 ``serial_bound = 1 / (1/env_sps + 1/inference_sps + 1/train_step_sps)`` is what an epoch would reach if it
 did nothing but these three pieces one after another; ``bound_ratio = train_sps / serial_bound`` says how
@@ -124,16 +126,11 @@ def run_benchmark(
         for other in (twin, flipped):
             if other is not None:
                 other.env.close()
-    result["peak_rss_mb"] = _peak_rss_mb(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
     if ranks > 1:
-        result[f"train_sps_{ranks}ranks"] = _measure_ranks(config, ranks, epochs * repeats, say)
-        # The ranks are this process's only waited-for descendants: the largest one's peak.
-        result[f"peak_rss_mb_{ranks}ranks"] = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+        result[f"train_sps_{ranks}ranks"], result[f"peak_rss_mb_{ranks}ranks"] = _measure_ranks(
+            config, ranks, epochs * repeats, say)
     return result
-
-
-def _peak_rss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports kilobytes
 
 
 def _measure(
@@ -321,8 +318,10 @@ def _restart_segment_fraction(trainer) -> float:
     return float(starts.any(dim=1).float().mean())
 
 
-def _measure_ranks(config: RunConfig, ranks: int, timed_epochs: int, say: Callable[[str], None]) -> float:
-    """Median SPS (all ranks) of a ``ranks``-rank ``metta-agent train`` run over its epochs after the first two."""
+def _measure_ranks(config: RunConfig, ranks: int, timed_epochs: int, say: Callable[[str], None]
+                   ) -> tuple[float, float]:
+    """Median SPS (all ranks) of a ``ranks``-rank ``metta-agent train`` run over its epochs after the first two,
+    and the peak resident set of its largest process in MB."""
     warmup_epochs = 2
     epochs = warmup_epochs + max(timed_epochs, 1)
     say(f"{ranks} ranks: {epochs} epochs of metta-agent train --nproc-per-node {ranks} (the first {warmup_epochs} untimed)")
@@ -336,11 +335,49 @@ def _measure_ranks(config: RunConfig, ranks: int, timed_epochs: int, say: Callab
             "--run-dir", str(run_dir), "--quiet",
         ]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_project_root(), os.environ.get("PYTHONPATH")])))
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"the {ranks}-rank run failed (exit code {done.returncode}):\n{done.stderr[-4000:]}")
+        with tempfile.TemporaryFile("w+") as stderr:
+            launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
+            peaks: dict[int, float] = {}
+            while launcher.poll() is None:  # the ranks' own high-water marks, read while they live
+                for pid in _descendants(launcher.pid):
+                    peaks[pid] = max(peaks.get(pid, 0.0), _high_water_mb(pid))
+                time.sleep(0.2)
+            if launcher.returncode != 0:
+                stderr.seek(0)
+                raise RuntimeError(f"the {ranks}-rank run failed (exit code {launcher.returncode}):\n"
+                                   f"{stderr.read()[-4000:]}")
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return float(statistics.median(row["sps"] for row in rows[warmup_epochs:]))
+    return float(statistics.median(row["sps"] for row in rows[warmup_epochs:])), max(peaks.values(), default=0.0)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root``, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The field after the parenthesised command name (which may hold spaces) is the state, then ppid.
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _high_water_mb(pid: int) -> float:
+    """A process's peak resident set so far (``VmHWM``), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 def _project_root() -> str:

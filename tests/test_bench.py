@@ -102,3 +102,5 @@ def test_compile_and_two_ranks_are_measured_in_the_same_run():
     assert result["compile_speedup"] == pytest.approx(result["train_sps_compiled"] / result["train_sps"])
     assert result["compile_backend"] == "aot_eager"
     assert any("2 ranks" in message for message in messages)
+    # Read from the ranks' own /proc entries while they ran: a process holding torch is well over 100 MB.
+    assert result["peak_rss_mb_2ranks"] > 100
