@@ -15,8 +15,11 @@ The kernel is compiled on first use (about 30 s, cached under ``$METTA_AGENT_CAC
 
 The build folder is keyed by everything that makes two builds differ (``key_fields()``): torch version, place
 and CUDA/CPU build, Python version, ``sys.prefix`` and include folder, the source's path and content hash,
-compiler and flags, machine. So environments sharing a home directory (two checkouts, a test venv) each keep
-their own build instead of rebuilding over one another. Building and loading hold an ``fcntl.flock`` on
+compiler and flags, machine, and the ninja that builds it. So environments sharing a home directory (two
+checkouts, a test venv) each keep their own build instead of rebuilding over one another. The build runs the
+ninja beside the interpreter first (the ``ninja`` package of the project's environment), whether or not that
+environment is activated: two ninja versions read each other's build log as "command line changed", and
+activated and plain ``.venv/bin/python`` processes used to rebuild the kernel over each other at every start. Building and loading hold an ``fcntl.flock`` on
 ``build.flock`` in that folder (the holder's PID written in it; the OS releases it when the holder dies).
 Under it a ``lock`` file left by a killed build (torch's ``FileBaton``, on which torch would wait forever)
 is removed, and build processes orphaned by a killed build (ninja, the compiler) are stopped. The wait for
@@ -31,8 +34,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import sysconfig
 import time
@@ -84,7 +89,38 @@ def key_fields() -> dict[str, str]:
         "compiler": os.environ.get("CXX", "c++"),
         "flags": " ".join(_build_flags()),
         "machine": platform.machine(),
+        "ninja": _ninja(),
     }
+
+
+def _build_path() -> str:
+    """PATH for the build: the interpreter's own folder first, so its environment's ninja runs."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def _ninja() -> str:
+    """The ninja the build will run, and its version."""
+    path = shutil.which("ninja", path=_build_path())
+    if path is None:
+        return "none"
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        version = "unknown"
+    return f"{path} {version}"
+
+
+@contextlib.contextmanager
+def _build_environment():
+    before = os.environ.get("PATH")
+    os.environ["PATH"] = _build_path()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = before
 
 
 def cache_key(fields: dict[str, str]) -> str:
@@ -200,8 +236,9 @@ def _build_and_load(directory: Path, deadline: float):
         if not any(directory.glob(f"{_NAME}*.so")):
             print(f"metta-agent: compiling the fused LSTM kernel into {directory} (first use only, ~30 s)",
                   file=sys.stderr, flush=True)
-        return cpp_extension.load(_NAME, [str(_SOURCE)], extra_cflags=_build_flags(),
-                                  build_directory=str(directory), verbose=False)
+        with _build_environment():
+            return cpp_extension.load(_NAME, [str(_SOURCE)], extra_cflags=_build_flags(),
+                                      build_directory=str(directory), verbose=False)
 
 
 def load():

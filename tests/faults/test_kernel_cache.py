@@ -5,6 +5,7 @@ shared by the module (the one finished after a build is killed)."""
 import fcntl
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -148,7 +149,7 @@ def test_key_differs_between_interpreters_and_builds(monkeypatch):
     assert key.startswith("torch") and "-py" in key and len(key) < 80
     for name, other in [("prefix", "/other/venv"), ("python", "cpython-3.12.1"), ("source", "/other/fused_lstm.cpp"),
                         ("source_sha256", "0" * 64), ("flags", "-O2"), ("torch", "2.9.1+cu128"),
-                        ("accelerator", "cuda12.8"), ("compiler", "clang++")]:
+                        ("accelerator", "cuda12.8"), ("compiler", "clang++"), ("ninja", "/usr/bin/ninja 1.11.1")]:
         assert fused_lstm.cache_key({**fields, name: other}) != key, name
     # Two interpreters (venvs) of the same Python and torch: two build folders.
     monkeypatch.setenv("METTA_AGENT_CACHE", "/tmp/unused")
@@ -156,6 +157,19 @@ def test_key_differs_between_interpreters_and_builds(monkeypatch):
     monkeypatch.setattr(sys, "prefix", "/some/other/venv")
     second = fused_lstm.build_directory()
     assert first != second and first.parent == second.parent
+
+
+def test_the_build_runs_the_interpreters_own_ninja_activated_or_not(monkeypatch):
+    """Two ninja versions read each other's build log as a changed command and rebuild: activated and plain
+    ``.venv/bin/python`` processes must build with the same one, the environment's (a dependency)."""
+    own = Path(sys.executable).parent
+    if not (own / "ninja").exists():
+        pytest.skip("no ninja beside this interpreter")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as `make test` runs it: the environment not activated
+    assert fused_lstm.key_fields()["ninja"].startswith(f"{own / 'ninja'} ")
+    with fused_lstm._build_environment():
+        assert shutil.which("ninja") == str(own / "ninja")
+    assert os.environ["PATH"] == "/usr/bin:/bin"
 
 
 def test_disabled_by_environment(monkeypatch, tmp_path):
