@@ -4,8 +4,8 @@ shared by the module (the one finished after a build is killed)."""
 
 import fcntl
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
