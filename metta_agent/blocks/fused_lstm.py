@@ -19,9 +19,9 @@ compiler and flags, machine, and the ninja that builds it. So environments shari
 checkouts, a test venv) each keep their own build instead of rebuilding over one another. The build runs the
 ninja beside the interpreter first (the ``ninja`` package of the project's environment), whether or not that
 environment is activated: two ninja versions read each other's build log as "command line changed", and
-activated and plain ``.venv/bin/python`` processes used to rebuild the kernel over each other at every start. Building and loading hold an ``fcntl.flock`` on
-``build.flock`` in that folder (the holder's PID written in it; the OS releases it when the holder dies).
-Under it a ``lock`` file left by a killed build (torch's ``FileBaton``, on which torch would wait forever)
+activated and plain ``.venv/bin/python`` processes used to rebuild the kernel over each other at every start.
+Building and loading hold an ``fcntl.flock`` on ``build.flock`` in that folder (the holder's PID written in
+it; the OS releases it when the holder dies). Under it a ``lock`` file left by a killed build (torch's ``FileBaton``, on which torch would wait forever)
 is removed, and build processes orphaned by a killed build (ninja, the compiler) are stopped. The wait for
 the flock is bounded by ``$METTA_AGENT_KERNEL_LOCK_TIMEOUT`` seconds (default 300): past it the process prints
 one line naming the lock and its holder's PID and runs the ``nn.LSTM`` path instead; it never hangs.
