@@ -191,7 +191,7 @@ def _measure(
         seconds = time.perf_counter() - start
         samples["train_step_sps"].append(epochs * batch_size / seconds)
         if twin is not None:
-            twin.experience.data.update_(trainer.experience.data)  # the same batch for both forms
+            twin.experience.copy_from(trainer.experience)  # the same batch for both forms
             start = time.perf_counter()
             for _ in range(epochs):
                 twin.update()
@@ -247,7 +247,7 @@ def _measure(
         "lstm_kernel": _lstm_kernel(trainer),
         "epochs": int(epochs),
         "repeats": int(repeats),
-        "experience_mb": sum(t.numel() * t.element_size() for t in data.values(True, True)) / 2**20,
+        "experience_mb": trainer.experience.nbytes / 2**20,
     }
     for name, values in samples.items():
         if values:

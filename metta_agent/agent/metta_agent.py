@@ -91,13 +91,15 @@ class MettaAgent(nn.Module):
         ``[B, TT]`` (scores the given ``actions``)."""
         if td.batch_dims == 2:
             batch, bptt = td.batch_size
-            flat = td.reshape(batch * bptt)
-            self._run(flat, batch, bptt, sample=False, rollout=False)
+            # Training segments start from the memory the rollout read at their step 0.
+            state = tuple(td[key][:, 0].transpose(0, 1).contiguous() for key in (keys.LSTM_H, keys.LSTM_C))
+            flat = td.exclude(keys.LSTM_H, keys.LSTM_C).reshape(batch * bptt)
+            self._run(flat, batch, bptt, sample=False, state=state)
             out = flat.reshape(batch, bptt)
             for key in (keys.ACT_LOG_PROB, keys.ENTROPY, keys.VALUES, keys.FULL_LOG_PROBS):
                 td[key] = out[key]
             return td
-        return self._run(td, td.batch_size[0], 1, sample=keys.ACTIONS not in td.keys(), rollout=True)
+        return self._run(td, td.batch_size[0], 1, sample=keys.ACTIONS not in td.keys())
 
     def read_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The game's tokens as this agent's policy reads them: object types one-hot, feature ids mapped by name
@@ -109,16 +111,16 @@ class MettaAgent(nn.Module):
             tokens = torch.stack((tokens[..., 0], feature, tokens[..., 2]), dim=-1)
         return tokens
 
-    def _run(self, td: TensorDict, batch: int, bptt: int, sample: bool, rollout: bool) -> TensorDict:
+    def _run(self, td: TensorDict, batch: int, bptt: int, sample: bool, state=None) -> TensorDict:
+        """A rollout step when ``state`` is None (the state comes from and goes back to each agent's memory),
+        else training segments entering with ``state``."""
         tokens = self.read_tokens(td[keys.ENV_OBS])
         starts = td[keys.STARTS].reshape(batch, bptt).bool()
-        if rollout:  # a rollout step: the state comes from and goes back to each agent's memory
+        rollout = state is None
+        if rollout:
             rows = td[keys.AGENT_ROWS].long() if keys.AGENT_ROWS in td.keys() else torch.arange(batch, device=starts.device)
             state = self.memory.read(rows, like=self.policy.core.lstm.weight_hh_l0)
             td[keys.LSTM_H], td[keys.LSTM_C] = state[0].transpose(0, 1), state[1].transpose(0, 1)
-        else:  # training segments start from the memory the rollout read at their step 0
-            state = tuple(td[key].reshape(batch, bptt, *self.lstm_shape)[:, 0].transpose(0, 1).contiguous()
-                          for key in (keys.LSTM_H, keys.LSTM_C))
         logits, values, final_state = self.policy(tokens, state, starts)
         if rollout:
             self.memory.write(rows, final_state)

@@ -1,8 +1,11 @@
 """The experience buffer: one rollout of ``T`` steps for ``N`` agents, read as ``[S, TT]`` BPTT segments.
 
 Agent ``i``'s steps are contiguous, so the storage ``[N, T]`` reshapes for free into ``S = N * T / TT``
-segments, segment ``i * T/TT + t // TT`` holding steps ``t`` of agent ``i``. The recurrent state each step
-started from is stored too; training reads it at the first step of each segment.
+segments, segment ``i * T/TT + t // TT`` holding steps ``t`` of agent ``i``. Training needs the recurrent
+state only where a segment starts, so that is all the buffer keeps of it: ``[N, T/TT]`` states, one per
+segment (the state a step reads is 2 KB per agent for ``fast``, most of a step's storage otherwise). A
+segment batch shows it to the agent as ``LSTM_H``/``LSTM_C`` ``[B, TT, ...]``, the segment's state repeated
+along TT as an expanded view (no copy); the agent reads step 0 (docs/design.md, "Recurrent state").
 """
 
 from __future__ import annotations
@@ -13,15 +16,8 @@ from tensordict import TensorDict
 from metta_agent import contract as keys
 
 
-STEP_KEYS = (
-    keys.ENV_OBS,
-    keys.STARTS,
-    keys.ACTIONS,
-    keys.ACT_LOG_PROB,
-    keys.VALUES,
-    keys.LSTM_H,
-    keys.LSTM_C,
-)
+STEP_KEYS = (keys.ENV_OBS, keys.STARTS, keys.ACTIONS, keys.ACT_LOG_PROB, keys.VALUES)
+STATE_KEYS = (keys.LSTM_H, keys.LSTM_C)
 
 
 class Experience:
@@ -53,13 +49,17 @@ class Experience:
                 keys.ACT_LOG_PROB: zeros(),
                 keys.VALUES: zeros(),
                 keys.REWARDS: zeros(),
-                keys.LSTM_H: zeros(*lstm_shape),
-                keys.LSTM_C: zeros(*lstm_shape),
                 keys.ADVANTAGES: zeros(),
                 keys.RETURNS: zeros(),
                 **{key: zeros(*trailing) for key, trailing in (extra or {}).items()},
             },
             batch_size=shape,
+            device=device,
+        )
+        # The state entering each segment's first step, ``[N, T/TT, num_layers, hidden]``.
+        self.segment_state = TensorDict(
+            {key: torch.zeros(num_agents, steps // bptt, *lstm_shape, device=device) for key in STATE_KEYS},
+            batch_size=(num_agents, steps // bptt),
             device=device,
         )
         # Whether the observation *after* step t starts a new episode (terminal or truncated).
@@ -69,6 +69,9 @@ class Experience:
         """Record the policy's inputs and outputs of rollout step ``t`` for agent ``rows`` (all by default)."""
         for key in STEP_KEYS:
             self.data[key][rows, t].copy_(step[key])
+        if t % self.bptt == 0:
+            for key in STATE_KEYS:
+                self.segment_state[key][rows, t // self.bptt].copy_(step[key])
 
     def store_extra(self, t: int, values: dict[str, torch.Tensor], rows: slice = slice(None)) -> None:
         for key, value in values.items():
@@ -95,13 +98,32 @@ class Experience:
             next_value = values[:, t]
         self.data[keys.RETURNS].copy_(advantages + values)
 
-    def segments(self) -> TensorDict:
-        """The buffer as ``[S, TT]`` segments (a view)."""
-        return self.data.reshape(self.num_segments, self.bptt)
+    def segments(self, index: torch.Tensor | None = None) -> TensorDict:
+        """The buffer as ``[S, TT]`` segments (views), or the segments ``index`` picks (a copy); either way with
+        each segment's entering state as ``LSTM_H``/``LSTM_C`` expanded along TT."""
+        segments = self.data.reshape(self.num_segments, self.bptt)
+        states = self.segment_state.reshape(self.num_segments)
+        if index is not None:
+            segments, states = segments[index], states[index]
+        for key in STATE_KEYS:
+            state = states[key]
+            segments[key] = state.unsqueeze(1).expand(state.shape[0], self.bptt, *state.shape[1:])
+        return segments
 
     def minibatches(self, segments_per_minibatch: int, generator: torch.Generator):
         """Every segment exactly once per call, in random order (no replacement)."""
-        order = torch.randperm(self.num_segments, generator=generator)
-        segments = self.segments()
+        order = torch.randperm(self.num_segments, generator=generator).to(self.data.device)
         for start in range(0, self.num_segments, segments_per_minibatch):
-            yield segments[order[start : start + segments_per_minibatch].to(segments.device)]
+            yield self.segments(order[start : start + segments_per_minibatch])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffer's tensors."""
+        tensors = [*self.data.values(True, True), *self.segment_state.values(True, True), self.next_starts]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def copy_from(self, other: "Experience") -> None:
+        """This buffer's contents become ``other``'s (same shapes)."""
+        self.data.update_(other.data)
+        self.segment_state.update_(other.segment_state)
+        self.next_starts.copy_(other.next_starts)

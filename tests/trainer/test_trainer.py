@@ -58,6 +58,32 @@ def test_minibatches_cover_every_segment_exactly_once():
     assert experience.segments()[keys.REWARDS][5].tolist() == [10.0, 11.0]
 
 
+def test_the_buffer_keeps_the_state_entering_each_segment_and_shows_it_along_the_segment():
+    from tensordict import TensorDict
+
+    agents, steps, bptt, state_shape = 3, 8, 4, (2, 5)
+    experience = Experience(agents, steps, bptt, (2, 3), state_shape, torch.device("cpu"))
+    assert experience.segment_state[keys.LSTM_H].shape == (agents, steps // bptt, *state_shape)
+    states = torch.randn(steps, agents, *state_shape)  # what the rollout read at each step
+    for t in range(steps):
+        experience.store(t, TensorDict({
+            keys.ENV_OBS: torch.zeros(agents, 2, 3, dtype=torch.uint8), keys.STARTS: torch.zeros(agents, dtype=torch.bool),
+            keys.ACTIONS: torch.zeros(agents, dtype=torch.long), keys.ACT_LOG_PROB: torch.zeros(agents),
+            keys.VALUES: torch.zeros(agents), keys.LSTM_H: states[t], keys.LSTM_C: -states[t]}, batch_size=[agents]))
+    segments = experience.segments()
+    assert segments[keys.LSTM_H].shape == (agents * steps // bptt, bptt, *state_shape)
+    for segment in range(agents * steps // bptt):
+        agent, first = divmod(segment, steps // bptt)
+        for t in range(bptt):
+            assert torch.equal(segments[keys.LSTM_H][segment, t], states[first * bptt, agent])
+            assert torch.equal(segments[keys.LSTM_C][segment, t], -states[first * bptt, agent])
+    picked = torch.tensor([4, 1])
+    assert torch.equal(experience.segments(picked)[keys.LSTM_H], segments[keys.LSTM_H][picked])
+    twin = Experience(agents, steps, bptt, (2, 3), state_shape, torch.device("cpu"))
+    twin.copy_from(experience)
+    assert torch.equal(twin.segments()[keys.LSTM_C], segments[keys.LSTM_C])
+
+
 def test_learning_rate_schedule_is_applied():
     config = build_config([{"trainer": {"lr_schedule": "cosine", "lr_final_ratio": 0.1}}]).trainer
     multiplier = lr_lambda(config, total_epochs=11)
