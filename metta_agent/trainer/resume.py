@@ -90,6 +90,7 @@ def restore(trainer, metadata: dict[str, Any], payload: dict[str, Any], path: Pa
         trainer.minibatch_generator.set_state(payload["minibatch_rng"])
     except (KeyError, RuntimeError, ValueError) as error:
         raise UsageError(f"cannot resume from '{path}': {first_line(error)[:160]}") from None
+    _apply_optimizer_settings(trainer)
     numpy_rng = metadata.get("trainer", {}).get("numpy_rng")
     if numpy_rng is not None:
         np.random.set_state(_numpy_rng_from_json(numpy_rng))
@@ -98,6 +99,19 @@ def restore(trainer, metadata: dict[str, Any], payload: dict[str, Any], path: Pa
         fresh = seeding.resumed_rank_seed(trainer.config.trainer.seed, world.rank, trainer.state.epoch)
         torch.manual_seed(fresh)
         trainer.minibatch_generator.manual_seed(fresh)
+
+
+def _apply_optimizer_settings(trainer) -> None:
+    """The run's config, not the checkpoint, sets the optimizer's hyperparameters and the schedule's base:
+    the loaded state carries the values the run started with, so a ``--set trainer.lr`` (or ``adam_*``) given
+    on resume would otherwise be ignored, and a longer ``--steps`` would take effect one epoch late. With the
+    same settings this changes nothing: the rate is the one the checkpoint saved."""
+    cfg = trainer.config.trainer
+    scheduler = trainer.scheduler
+    scheduler.base_lrs = [cfg.lr] * len(trainer.optimizer.param_groups)
+    rates = [cfg.lr * rule(scheduler.last_epoch) for rule in scheduler.lr_lambdas]
+    for group, rate in zip(trainer.optimizer.param_groups, rates):
+        group.update(lr=rate, initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
 
 
 def _numpy_rng_state() -> list[Any]:

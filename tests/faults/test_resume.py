@@ -17,6 +17,7 @@ from metta_agent.cli import main
 from metta_agent.config import build_config
 from metta_agent.errors import TrainingError, UsageError
 from metta_agent.trainer import trainer as trainer_module
+from metta_agent.trainer.ppo import lr_lambda
 from metta_agent.trainer.trainer import Trainer
 
 SMALL = ["--game", "heart", "--set", "trainer.num_envs=4", "--set", "trainer.batch_size=512",
@@ -100,6 +101,28 @@ def test_resume_restores_optimizer_schedule_and_counters(small_trainer_layers, t
         assert torch.equal(second.minibatch_generator.get_state(), first.minibatch_generator.get_state())
         assert second.env.seed != first.env.seed  # new maps after a resume, not a replay of the first ones
         assert second.run_epoch()["epoch"] == 3
+    finally:
+        second.close()
+
+
+def test_resume_applies_changed_learning_rate_adam_settings_and_length(small_trainer_layers, tmp_path):
+    layers = small_trainer_layers + [{"trainer": {"total_agent_steps": 512 * 4, "lr_schedule": "linear"}}]
+    first = Trainer(build_config(layers), tmp_path, show_progress=False)
+    try:
+        for _ in range(2):
+            first.run_epoch()
+        path = first.save_checkpoint()
+    finally:
+        first.close()
+    # What `--resume --steps 4096 --set trainer.lr=... --set trainer.adam_eps=...` builds.
+    changed = build_config(layers + [{"trainer": {"total_agent_steps": 512 * 8, "lr": 2e-3, "adam_eps": 1e-6}}])
+    second = Trainer(changed, tmp_path, show_progress=False, resume_from=path)
+    try:
+        rule = lr_lambda(changed.trainer, total_epochs=8)
+        group = second.optimizer.param_groups[0]
+        assert group["lr"] == 2e-3 * rule(2) and group["eps"] == 1e-6  # from the first resumed epoch on
+        second.run_epoch()
+        assert group["lr"] == 2e-3 * rule(3)
     finally:
         second.close()
 
