@@ -78,16 +78,21 @@ def test_sigkill_then_resume_continues_without_repeating_an_epoch(tmp_path):
     assert logged_epochs == [(512 * epoch, epoch) for epoch in range(1, total // 512 + 1)], logged_epochs
 
 
-def test_resume_restores_optimizer_schedule_and_counters(small_trainer_layers, tmp_path):
-    config = build_config(small_trainer_layers + [{"trainer": {"total_agent_steps": 512 * 4, "checkpoint_interval": 1,
-                                                               "lr_schedule": "linear"}}])
-    first = Trainer(config, tmp_path, show_progress=False)
+def _checkpoint_after_two_epochs(config, run_dir):
+    """A trainer of ``config`` closed after two epochs, and the checkpoint it wrote then."""
+    first = Trainer(config, run_dir, show_progress=False)
     try:
         for _ in range(2):
             first.run_epoch()
-        path = first.save_checkpoint()
+        return first, first.save_checkpoint()
     finally:
         first.close()
+
+
+def test_resume_restores_optimizer_schedule_and_counters(small_trainer_layers, tmp_path):
+    config = build_config(small_trainer_layers + [{"trainer": {"total_agent_steps": 512 * 4, "checkpoint_interval": 1,
+                                                               "lr_schedule": "linear"}}])
+    first, path = _checkpoint_after_two_epochs(config, tmp_path)
     second = Trainer(config, tmp_path, show_progress=False, resume_from=path)
     try:
         assert (second.state.epoch, second.state.agent_steps) == (2, 1024)
@@ -107,13 +112,7 @@ def test_resume_restores_optimizer_schedule_and_counters(small_trainer_layers, t
 
 def test_resume_applies_changed_learning_rate_adam_settings_and_length(small_trainer_layers, tmp_path):
     layers = small_trainer_layers + [{"trainer": {"total_agent_steps": 512 * 4, "lr_schedule": "linear"}}]
-    first = Trainer(build_config(layers), tmp_path, show_progress=False)
-    try:
-        for _ in range(2):
-            first.run_epoch()
-        path = first.save_checkpoint()
-    finally:
-        first.close()
+    _, path = _checkpoint_after_two_epochs(build_config(layers), tmp_path)
     # What `--resume --steps 4096 --set trainer.lr=... --set trainer.adam_eps=...` builds.
     changed = build_config(layers + [{"trainer": {"total_agent_steps": 512 * 8, "lr": 2e-3, "adam_eps": 1e-6}}])
     second = Trainer(changed, tmp_path, show_progress=False, resume_from=path)
